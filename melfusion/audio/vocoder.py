@@ -31,19 +31,28 @@ class Vocoder(torch.nn.Module):
 class GriffinLimVocoder(Vocoder):
     """Phase reconstruction from a log-mel, no weights.
 
-    The mel is mapped back to a linear magnitude with the filter bank's pseudo-inverse, then
-    `n_iter` rounds of fast Griffin-Lim (Perraudin et al. 2013: a momentum term on the
-    consistent spectrogram) find a phase. The first phase is drawn from a fixed seed so the
+    The mel is mapped back to a non-negative linear magnitude by `nnls_iter` multiplicative
+    updates for min ||F s - mel|| with s >= 0 (the pseudo-inverse alone smears energy across
+    bands), then `n_iter` rounds of fast Griffin-Lim (Perraudin et al. 2013: a momentum term on
+    the consistent spectrogram) find a phase. The first phase is drawn from a fixed seed so the
     same mel always gives the same waveform.
     """
 
-    def __init__(self, mel: MelConfig = MelConfig(), n_iter: int = 32, momentum: float = 0.99, power: float = 1.2):
+    def __init__(self, mel: MelConfig = MelConfig(), n_iter: int = 32, momentum: float = 0.99, nnls_iter: int = 10):
         super().__init__()
-        self.mel, self.n_iter, self.momentum, self.power = mel, n_iter, momentum, power
+        self.mel, self.n_iter, self.momentum, self.nnls_iter = mel, n_iter, momentum, nnls_iter
         self.sample_rate = mel.sample_rate
-        filters = torch.from_numpy(mel_filter_bank(mel)).float()
-        self.register_buffer("inverse_filters", torch.linalg.pinv(filters), persistent=False)
+        self.register_buffer("filters", torch.from_numpy(mel_filter_bank(mel)).float(), persistent=False)
         self.register_buffer("window", torch.hann_window(mel.win_length, periodic=True), persistent=False)
+
+    def linear_magnitude(self, mel: torch.Tensor) -> torch.Tensor:
+        """`(batch, mels, frames)` mel energies -> `(batch, n_fft // 2 + 1, frames)` magnitudes."""
+        f = self.filters
+        target = f.T @ mel
+        s = target.clamp(min=1e-8)
+        for _ in range(self.nnls_iter):
+            s = s * target / (f.T @ (f @ s) + 1e-10)
+        return s
 
     def _stft(self, wave):
         return torch.stft(wave, self.mel.n_fft, self.mel.hop_length, self.mel.win_length,
@@ -56,8 +65,7 @@ class GriffinLimVocoder(Vocoder):
     @torch.no_grad()
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         mel = torch.exp(log_mel.float()).transpose(1, 2)  # (batch, mels, frames)
-        # A power above 1 sharpens the smeared pseudo-inverse, a common trick with mel inversion.
-        magnitude = (self.inverse_filters @ mel).clamp(min=0.0) ** self.power
+        magnitude = self.linear_magnitude(mel)
         length = (log_mel.shape[1] - 1) * self.mel.hop_length
         gen = torch.Generator().manual_seed(0)
         phase = torch.rand(magnitude.shape, generator=gen) * 2 * math.pi
@@ -77,7 +85,8 @@ class GriffinLimVocoder(Vocoder):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(json.dumps(
-            {"kind": "griffin-lim", "n_iter": self.n_iter, "momentum": self.momentum, "power": self.power}, indent=2))
+            {"kind": "griffin-lim", "n_iter": self.n_iter, "momentum": self.momentum,
+             "nnls_iter": self.nnls_iter}, indent=2))
 
 
 class HifiGanVocoder(Vocoder):

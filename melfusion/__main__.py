@@ -1,0 +1,5 @@
+import sys
+
+from melfusion.cli import main
+
+sys.exit(main())

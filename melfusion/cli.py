@@ -1,0 +1,160 @@
+"""The `melfusion` command line.
+
+    melfusion generate --image cover.png --text "warm bossa nova with nylon guitar" --out song.wav
+    melfusion info --preset paper
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from melfusion.errors import MelFusionError
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+
+
+def _quiet_libraries():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+
+
+def load_model(spec: str | None, seed: int = 0):
+    """A model directory, a preset name (fresh random weights), or the shipped default."""
+    from melfusion import presets
+    from melfusion.pipeline import MelFusionPipeline
+
+    if spec is None:
+        if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+            return MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+        print("note: no trained default model ships with this version yet; using the 'tiny' preset with "
+              "random weights, so the result is noise-like, not music", file=sys.stderr)
+        return presets.build("tiny", seed=seed)
+    if spec in presets.PRESETS and not Path(spec).exists():
+        if spec == "paper":
+            raise MelFusionError("the 'paper' preset has no weights of its own; point --model at a saved "
+                                 "paper-scale model directory")
+        print(f"note: preset '{spec}' with random (untrained) weights", file=sys.stderr)
+        return presets.build(spec, seed=seed)
+    return MelFusionPipeline.from_pretrained(spec)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from melfusion.audio.io import write_wav
+    from melfusion.images import load_image
+    from melfusion.pipeline import check_duration, check_prompt
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".wav":
+        raise MelFusionError(f"--out must name a .wav file, got {out}")
+    if out.is_dir():
+        raise MelFusionError(f"--out is a directory: {out}")
+    # Check the cheap things before loading any model.
+    prompt = check_prompt(args.text)
+    image = load_image(args.image)
+    if args.duration is not None:
+        check_duration(args.duration)
+    if args.seed < 0:
+        raise MelFusionError("--seed must be a non-negative integer")
+    _quiet_libraries()
+    pipe = load_model(args.model, seed=args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    result = pipe(image=image, prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance, generator=generator, progress=not args.quiet)
+    write_wav(out, result.audio, result.sample_rate)
+    if not args.quiet:
+        t = result.timings
+        print(f"wrote {out} ({len(result.audio) / result.sample_rate:.1f} s at {result.sample_rate} Hz; "
+              f"inversion {t['inversion']:.1f} s, denoising {t['denoising']:.1f} s, "
+              f"vocoding {t['vocoding']:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args) -> int:
+    _quiet_libraries()
+    if args.model:
+        pipe = load_model(args.model)
+        name = args.model
+    else:
+        from melfusion import presets
+
+        pipe = presets.build(args.preset)
+        name = f"preset {args.preset}"
+    counts = pipe.parameter_counts()
+    print(f"{name}: parameters per part")
+    for part, n in counts.items():
+        print(f"  {part:<18} {n:>15,}  ({n / 1e6:8.2f} M)")
+    print(f"  {'total':<18} {sum(counts.values()):>15,}  ({sum(counts.values()) / 1e6:8.2f} M)")
+    syn = pipe.music.synapse
+    print(f"visual synapse: {len(syn.config.layers)} decoder cross-attention layers, alpha {syn.config.alpha}")
+    d = pipe.defaults
+    print(f"defaults: {d['num_inference_steps']} steps, guidance {d['guidance_scale']}, {d['duration_s']} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="melfusion", description="Music for an image and a line of text.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="compose music for an image and a caption")
+    g.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
+    g.add_argument("--text", required=True, help="the caption")
+    g.add_argument("--out", required=True, help="output .wav path")
+    g.add_argument("--model", default=None, help="model directory or preset name (default: the shipped model)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("info", help="parameter counts of a preset or a model")
+    src = i.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="small", help="tiny, small or paper (default: small)")
+    src.add_argument("--model", default=None, help="a saved model directory")
+    i.set_defaults(func=cmd_info)
+
+    try:
+        from melfusion.data.cli import add_data_commands
+    except ImportError:
+        pass
+    else:
+        add_data_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MelFusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory (try a shorter --duration or fewer --steps)", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, with a way to see the traceback
+        if os.environ.get("MELFUSION_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: internal error ({type(exc).__name__}: {first}); set MELFUSION_DEBUG=1 for details",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

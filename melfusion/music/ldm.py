@@ -1,0 +1,102 @@
+"""The music latent diffusion model: a diffusers `UNet2DConditionModel` over the audio latent,
+cross-attending to the caption, with the visual synapse in its decoder.
+
+The training loss and one guided denoising prediction live here; the sampling loop is the
+pipeline's (`melfusion.pipeline`), which reads like the paper's algorithm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DConditionModel
+
+from melfusion.errors import MelFusionError
+from melfusion.synapse import VisualSynapse
+
+ImageKV = list  # per synapse layer (keys, values), each (batch, tokens, image_dim)
+
+
+@dataclass
+class ConditionDropout:
+    """Classifier-free guidance training: drop text and image jointly and separately.
+
+    Each sample independently: with `both` drop text and image, with `text` drop only the
+    text, with `image` drop only the image; otherwise keep both.
+    """
+
+    text: float = 0.05
+    image: float = 0.05
+    both: float = 0.1
+
+    def __post_init__(self):
+        if min(self.text, self.image, self.both) < 0 or self.text + self.image + self.both > 1:
+            raise MelFusionError("condition dropout probabilities must be >= 0 and sum to at most 1")
+
+    def draw(self, batch: int, generator: torch.Generator | None = None):
+        """Returns `(keep_text, keep_image)`, two float masks of shape `(batch,)`."""
+        u = torch.rand(batch, generator=generator)
+        both = u < self.both
+        text_only = (u >= self.both) & (u < self.both + self.text)
+        image_only = (u >= self.both + self.text) & (u < self.both + self.text + self.image)
+        keep_text = ~(both | text_only)
+        keep_image = ~(both | image_only)
+        return keep_text.float(), keep_image.float()
+
+
+class MusicLDM(torch.nn.Module):
+    def __init__(self, unet: UNet2DConditionModel, synapse: VisualSynapse, scheduler_config: dict):
+        super().__init__()
+        self.unet = unet
+        self.synapse = synapse
+        self.scheduler_config = dict(scheduler_config)
+        self.noise_scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        synapse.attach(unet)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.noise_scheduler.config.num_train_timesteps)
+
+    def predict(self, latents, t, text, text_mask, image_kv: ImageKV | None, image_present=None):
+        """One UNet evaluation: `(batch, c, frames, mels)` latent at timestep(s) `t` -> model output."""
+        with self.synapse.condition(image_kv, image_present):
+            return self.unet(latents, t, encoder_hidden_states=text, encoder_attention_mask=text_mask).sample
+
+    def training_loss(self, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                      null_text: torch.Tensor, null_mask: torch.Tensor,
+                      image_features: Callable[[torch.Tensor], ImageKV] | None,
+                      dropout: ConditionDropout = ConditionDropout(),
+                      generator: torch.Generator | None = None,
+                      timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """The diffusion loss for one batch.
+
+        latents: clean audio latents `(batch, c, f, m)`; text, text_mask: caption tokens
+        `(batch, tokens, dim)`, `(batch, tokens)`; null_text, null_mask: the empty caption's
+        `(1, tokens, dim)`, `(1, tokens)`; image_features(timesteps) returns the image keys and
+        values the synapse reads at those music timesteps (None: train text-only).
+        """
+        b = latents.shape[0]
+        if timesteps is None:
+            timesteps = torch.randint(0, self.num_train_timesteps, (b,), generator=generator)
+        timesteps = timesteps.to(latents.device)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        keep_text, keep_image = dropout.draw(b, generator)
+        kt = keep_text.to(latents)[:, None, None]
+        text = kt * text + (1 - kt) * null_text.to(latents)
+        text_mask = torch.where(keep_text.bool()[:, None].to(text_mask.device), text_mask, null_mask)
+        image_kv = image_features(timesteps) if image_features is not None else None
+        output = self.predict(noisy, timesteps, text, text_mask, image_kv, keep_image)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise MelFusionError(f"unsupported prediction type {self.prediction_type!r}")
+        return F.mse_loss(output.float(), target.float())

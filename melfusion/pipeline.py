@@ -1,0 +1,304 @@
+"""`MelFusionPipeline`: an image and a caption in, a waveform out, by the paper's algorithm.
+
+    pipe = MelFusionPipeline.from_pretrained("path/to/model")
+    out = pipe(image="cover.png", prompt="lo-fi hip-hop with a dusty piano", duration_s=10,
+               generator=torch.Generator().manual_seed(0))
+    out.audio, out.sample_rate
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from tqdm.auto import tqdm
+
+from melfusion.audio.mel import MelConfig
+from melfusion.audio.vae import AudioVAE
+from melfusion.audio.vocoder import Vocoder, load_vocoder
+from melfusion.errors import MelFusionError
+from melfusion.images import image_to_tensor, load_image
+from melfusion.music.ldm import MusicLDM
+from melfusion.synapse import VisualSynapse
+from melfusion.t2i.model import ImageTrajectory, TextToImageModel
+from melfusion.text.encoders import TextEncoder
+
+INDEX_NAME = "model_index.json"
+MAX_CAPTION_CHARS = 1000
+MIN_DURATION_S, MAX_DURATION_S = 1.0, 30.0
+COMPONENTS = ("text_encoder", "t2i", "audio_vae", "unet", "synapse", "scheduler", "vocoder")
+
+
+@dataclass
+class MelFusionOutput:
+    audio: np.ndarray          # (samples,) for one prompt, (batch, samples) for several
+    sample_rate: int
+    log_mel: torch.Tensor      # (batch, frames, mels)
+    timings: dict = field(default_factory=dict)  # seconds per stage
+
+
+def check_prompt(prompt: str) -> str:
+    if not isinstance(prompt, str):
+        raise MelFusionError("the caption must be text")
+    text = " ".join(prompt.split())
+    if not text:
+        raise MelFusionError("the caption is empty")
+    if len(text) > MAX_CAPTION_CHARS:
+        raise MelFusionError(f"the caption is too long: {len(text)} characters (limit {MAX_CAPTION_CHARS})")
+    if not any(ch.isalnum() for ch in text):
+        raise MelFusionError("the caption has no words in it")
+    return text
+
+
+def check_duration(duration_s: float) -> float:
+    if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) \
+            or not MIN_DURATION_S <= duration_s <= MAX_DURATION_S:
+        raise MelFusionError(f"duration must be between {MIN_DURATION_S:g} and {MAX_DURATION_S:g} seconds, "
+                             f"got {duration_s}")
+    return float(duration_s)
+
+
+class MelFusionPipeline:
+    def __init__(self, text_encoder: TextEncoder, t2i: TextToImageModel, audio_vae: AudioVAE, music: MusicLDM,
+                 vocoder: Vocoder, mel: MelConfig = MelConfig(), defaults: dict | None = None,
+                 preset: str | None = None):
+        self.text_encoder, self.t2i, self.audio_vae = text_encoder, t2i, audio_vae
+        self.music, self.vocoder, self.mel = music, vocoder, mel
+        self.defaults = dict(num_inference_steps=25, guidance_scale=3.0, duration_s=10.0, inversion_steps=None,
+                             inversion_refine=0)
+        self.defaults.update(defaults or {})
+        self.preset = preset
+        layer_index = {name: i for i, name in enumerate(t2i.layer_names)}
+        missing = [p for p in music.synapse.config.partners if p not in layer_index]
+        if missing:
+            raise MelFusionError(f"the synapse reads T2I layers this T2I model lacks: {missing[0]}")
+        self._partner_index = [layer_index[p] for p in music.synapse.config.partners]
+
+    # -- shapes ------------------------------------------------------------------------------
+    @property
+    def frame_multiple(self) -> int:
+        """Mel frames must divide by the VAE's and the UNet's downsampling together."""
+        return self.audio_vae.factor * 2 ** (len(self.music.unet.config.block_out_channels) - 1)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.vocoder.sample_rate
+
+    def frames_for(self, duration_s: float) -> int:
+        from melfusion.audio.mel import frames_for
+
+        return frames_for(duration_s, self.mel, self.frame_multiple)
+
+    # -- the algorithm's steps -----------------------------------------------------------------
+    def encode_prompt(self, prompts: list[str]):
+        """Caption tokens `(batch, tokens, dim)` and mask, plus the empty caption's for guidance."""
+        text, mask = self.text_encoder.encode(prompts)
+        null_text, null_mask = self.text_encoder.encode([""])
+        return text, mask, null_text, null_mask
+
+    def prepare_images(self, images) -> torch.Tensor:
+        """Paths or PIL images -> `(batch, 3, size, size)` pixels in [0, 1] for the T2I VAE."""
+        from PIL import Image
+
+        out = []
+        for img in images:
+            if isinstance(img, torch.Tensor):
+                out.append(img.float())
+                continue
+            if not isinstance(img, Image.Image):
+                img = load_image(img)
+            out.append(image_to_tensor(img, self.t2i.image_size))
+        return torch.stack(out)
+
+    def invert_image(self, pixels: torch.Tensor, num_steps: int, progress: bool = False) -> ImageTrajectory:
+        """Encode the image and DDIM-invert it, keeping each step's decoder keys and values."""
+        latent = self.t2i.encode_image(pixels)
+        bar = tqdm(total=num_steps, desc="inverting image", disable=not progress, leave=False)
+        traj = self.t2i.invert(latent, num_steps, capture_tokens=self.text_encoder.max_length,
+                               refine_iters=int(self.defaults.get("inversion_refine") or 0), progress=bar.update)
+        bar.close()
+        return traj
+
+    def image_features(self, trajectory: ImageTrajectory, music_timestep: int):
+        """The synapse's input at a music step: features of the inverted step at the same noise fraction."""
+        idx = trajectory.index_for(float(music_timestep) / self.music.num_train_timesteps)
+        kv = trajectory.features[idx]
+        return [kv[i] for i in self._partner_index]
+
+    def image_features_for_training(self, trajectory: ImageTrajectory, timesteps: torch.Tensor):
+        """Per-sample features for a batch of music timesteps, from one T2I UNet pass.
+
+        As at sampling, the feature for trajectory step i is read from the T2I UNet at
+        timestep t_i, on the latent the inversion read it from (see `ImageTrajectory`).
+        """
+        idx = [trajectory.index_for(float(t) / self.music.num_train_timesteps) for t in timesteps.tolist()]
+        b = torch.arange(len(idx))
+        latents = trajectory.latents[torch.tensor(idx) - trajectory.feature_offset, b]
+        t2i_steps = torch.tensor([trajectory.timesteps[i] for i in idx])
+        kv = self.t2i.features(latents, t2i_steps, self.text_encoder.max_length)
+        return [kv[i] for i in self._partner_index]
+
+    @torch.no_grad()
+    def __call__(self, image, prompt, duration_s: float | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
+                 inversion_steps: int | None = None, progress: bool = True) -> MelFusionOutput:
+        d = self.defaults
+        duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
+        steps = int(num_inference_steps or d["num_inference_steps"])
+        guidance = float(d["guidance_scale"] if guidance_scale is None else guidance_scale)
+        inv_steps = int(inversion_steps or d.get("inversion_steps") or steps)
+        if not 1 <= steps <= 1000 or not 1 <= inv_steps <= 1000:
+            raise MelFusionError("the number of steps must be between 1 and 1000")
+        if not math.isfinite(guidance) or not 0 <= guidance <= 50:
+            raise MelFusionError(f"guidance scale must be between 0 and 50, got {guidance}")
+        single = isinstance(prompt, str)
+        prompts = [check_prompt(p) for p in ([prompt] if single else list(prompt))]
+        images = [image] if single or not isinstance(image, (list, tuple)) else list(image)
+        if len(images) != len(prompts):
+            raise MelFusionError(f"{len(images)} images for {len(prompts)} captions")
+        pixels = self.prepare_images(images)
+        timings, clock = {}, time.perf_counter()
+
+        # 1. Encode the caption (and the empty caption for classifier-free guidance).
+        text, mask, null_text, null_mask = self.encode_prompt(prompts)
+        timings["text"] = time.perf_counter() - clock
+
+        # 2. Encode the image and DDIM-invert it with the frozen T2I model, keeping its features.
+        clock = time.perf_counter()
+        trajectory = self.invert_image(pixels, inv_steps, progress)
+        timings["inversion"] = time.perf_counter() - clock
+
+        # 3. Start from noise in the audio latent space.
+        clock = time.perf_counter()
+        b = len(prompts)
+        frames = self.frames_for(duration_s)
+        f = self.audio_vae.factor
+        shape = (b, self.audio_vae.latent_channels, frames // f, self.mel.n_mels // f)
+        latents = torch.randn(shape, generator=generator)
+        scheduler = DDIMScheduler.from_config(self.music.scheduler_config)
+        scheduler.set_timesteps(steps)
+        latents = latents * scheduler.init_noise_sigma
+        guided = guidance != 1.0
+        if guided:
+            # Unconditional half: empty caption and no image (the synapse reduces to text only).
+            context = torch.cat([null_text.expand(b, -1, -1), text])
+            context_mask = torch.cat([null_mask.expand(b, -1), mask])
+            present = torch.cat([torch.zeros(b), torch.ones(b)])
+        else:
+            context, context_mask, present = text, mask, torch.ones(b)
+
+        # 4. Denoise; at step t the synapse reads the image at the matching inverted step.
+        for t in tqdm(scheduler.timesteps, desc="composing", disable=not progress, leave=False):
+            kv = self.image_features(trajectory, int(t))
+            if guided:
+                kv = [(torch.cat([k, k]), torch.cat([v, v])) for k, v in kv]
+                model_in = torch.cat([latents, latents])
+            else:
+                model_in = latents
+            out = self.music.predict(scheduler.scale_model_input(model_in, t), t, context, context_mask, kv, present)
+            if guided:
+                uncond, cond = out.chunk(2)
+                out = uncond + guidance * (cond - uncond)
+            latents = scheduler.step(out, t, latents).prev_sample
+        timings["denoising"] = time.perf_counter() - clock
+
+        # 5. Decode the latent to a log-mel and vocode it.
+        clock = time.perf_counter()
+        log_mel = self.audio_vae.decode(latents)
+        wave = self.vocoder(log_mel)[:, : int(round(duration_s * self.sample_rate))]
+        timings["vocoding"] = time.perf_counter() - clock
+        audio = wave.cpu().numpy().astype(np.float32)
+        return MelFusionOutput(audio[0] if single else audio, self.sample_rate, log_mel, timings)
+
+    # -- reporting -------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        def count(module):
+            return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+        counts = {
+            "text encoder": count(self.text_encoder.model),
+            "t2i unet": count(self.t2i.unet),
+            "t2i vae": count(self.t2i.vae),
+        }
+        if self.t2i.text_encoder is not None and self.t2i.text_encoder is not self.text_encoder:
+            counts["t2i text encoder"] = count(self.t2i.text_encoder.model)
+        counts.update({
+            "music unet": count(self.music.unet),
+            "visual synapse": count(self.music.synapse),
+            "audio vae": count(self.audio_vae),
+            "vocoder": count(self.vocoder),
+        })
+        return counts
+
+    # -- saving and loading ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write every part (JSON configs beside safetensors) into `directory`, atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        try:
+            self.text_encoder.save_pretrained(staging / "text_encoder")
+            self.t2i.save_pretrained(staging / "t2i")
+            self.audio_vae.save_pretrained(staging / "audio_vae")
+            # Saved with diffusers' default processors: the synapse's weights live in synapse/.
+            self.music.unet.save_pretrained(str(staging / "unet"))
+            self.music.synapse.save_pretrained(staging / "synapse")
+            DDIMScheduler.from_config(self.music.scheduler_config).save_pretrained(str(staging / "scheduler"))
+            self.vocoder.save_pretrained(staging / "vocoder")
+            index = {"_class_name": "MelFusionPipeline", "preset": self.preset, "mel": self.mel.to_dict(),
+                     "defaults": self.defaults, "components": {c: c for c in COMPONENTS}}
+            (staging / INDEX_NAME).write_text(json.dumps(index, indent=2))
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "MelFusionPipeline":
+        """Load a saved pipeline. Components may point elsewhere (an absolute path, e.g. to a
+        Stable Diffusion directory) through `components` in model_index.json."""
+        directory = Path(directory)
+        index_file = directory / INDEX_NAME
+        if not directory.is_dir():
+            raise MelFusionError(f"model directory not found: {directory}")
+        if not index_file.is_file():
+            raise MelFusionError(f"{directory} is not a melfusion model (no {INDEX_NAME})")
+        try:
+            index = json.loads(index_file.read_text())
+            mel = MelConfig(**index.get("mel", {}))
+            paths = {c: directory / index["components"][c] for c in COMPONENTS}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise MelFusionError(f"malformed {index_file}: {type(exc).__name__}: {exc}") from None
+        for name, path in paths.items():
+            if not path.exists():
+                raise MelFusionError(f"model component {name} not found: {path}")
+        from diffusers.utils import logging as dlogging
+
+        verbosity = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()  # diffusers warns about our custom processors otherwise
+        try:
+            text_encoder = TextEncoder.from_pretrained(paths["text_encoder"])
+            t2i = TextToImageModel.from_pretrained(paths["t2i"])
+            audio_vae = AudioVAE.from_pretrained(paths["audio_vae"])
+            try:
+                unet = UNet2DConditionModel.from_pretrained(str(paths["unet"]))
+                scheduler_config = dict(DDIMScheduler.load_config(str(paths["scheduler"])))
+            except (OSError, ValueError) as exc:
+                raise MelFusionError(f"cannot load the music UNet in {directory}: {str(exc).splitlines()[0]}") from None
+            synapse = VisualSynapse.from_pretrained(paths["synapse"])
+            music = MusicLDM(unet, synapse, scheduler_config)
+            vocoder = load_vocoder(paths["vocoder"], mel)
+        finally:
+            dlogging.set_verbosity(verbosity)
+        return cls(text_encoder, t2i, audio_vae, music, vocoder, mel, index.get("defaults"), index.get("preset"))
