@@ -168,8 +168,14 @@ def test_missing_or_malformed_directories_give_one_line_errors(kind, tmp_path, c
     for p in source.iterdir():
         (broken / p.name).write_bytes(p.read_bytes())
     (broken / "model.safetensors").write_bytes(b"garbage")
-    for path in cases + [other, broken]:
-        with pytest.raises(MelFusionError) as info:
+    untokenized = tmp_path / "untokenized"
+    untokenized.mkdir()
+    for p in source.iterdir():
+        if p.name not in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+            (untokenized / p.name).write_bytes(p.read_bytes())
+    expected = ["not found", "no config.json", "not " + kind.upper(), "cannot load", "no " + kind.upper() + " tokenizer"]
+    for path, words in zip(cases + [other, broken, untokenized], expected):
+        with pytest.raises(MelFusionError, match=words) as info:
             load_embedder(f"{kind}:{path}")
         assert "\n" not in str(info.value), str(info.value)
 

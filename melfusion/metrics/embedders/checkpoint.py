@@ -43,4 +43,7 @@ def load_torch_file(path: str | Path, what: str, allow_numpy: bool = False):
                     return torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
             first = exc
-    raise MelFusionError(f"cannot read {what} checkpoint {path}: {_first_line(first)}")
+    reason = _first_line(first)
+    if reason.startswith("Weights only load failed"):
+        reason = "not a PyTorch checkpoint of plain tensors (refusing to unpickle arbitrary objects)"
+    raise MelFusionError(f"cannot read {what} checkpoint {path}: {reason}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from melfusion.metrics.embedders.base import TextAudioModel, check_texts, unit_rows
-from melfusion.metrics.embedders.hf import check_model_dir, load_part, max_text_tokens
+from melfusion.metrics.embedders.hf import TOKENIZER_FILES, check_model_dir, load_part, max_text_tokens, require_files
 
 CROP_SEED = 0
 
@@ -78,6 +78,8 @@ class CLAP(TextAudioModel):
         from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
         directory = check_model_dir(directory, "CLAP", ("clap",))
+        require_files(directory, "CLAP tokenizer", TOKENIZER_FILES)
+        require_files(directory, "CLAP feature extractor", (("preprocessor_config.json",), ("processor_config.json",)))
         model = load_part(ClapModel.from_pretrained, directory, "the CLAP model")
         extractor = load_part(ClapFeatureExtractor.from_pretrained, directory, "the CLAP feature extractor")
         tokenizer = load_part(AutoTokenizer.from_pretrained, directory, "the CLAP tokenizer")

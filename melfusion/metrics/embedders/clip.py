@@ -16,7 +16,7 @@ import torch
 
 from melfusion.errors import MelFusionError
 from melfusion.metrics.embedders.base import ImageTextModel, check_texts, unit_rows
-from melfusion.metrics.embedders.hf import check_model_dir, load_part, max_text_tokens
+from melfusion.metrics.embedders.hf import TOKENIZER_FILES, check_model_dir, load_part, max_text_tokens, require_files
 
 
 def to_rgb_images(images) -> list:
@@ -97,6 +97,8 @@ class CLIP(ImageTextModel):
         from transformers import AutoTokenizer, CLIPModel
 
         directory = check_model_dir(directory, "CLIP", ("clip",))
+        require_files(directory, "CLIP tokenizer", TOKENIZER_FILES)
+        require_files(directory, "CLIP image processor", (("preprocessor_config.json",), ("processor_config.json",)))
         model = load_part(CLIPModel.from_pretrained, directory, "the CLIP model")
         processor = load_part(image_processor_class().from_pretrained, directory, "the CLIP image processor")
         tokenizer = load_part(AutoTokenizer.from_pretrained, directory, "the CLIP tokenizer")

@@ -7,6 +7,9 @@ from pathlib import Path
 from melfusion.errors import MelFusionError
 
 
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -27,6 +30,16 @@ def check_model_dir(directory: str | Path, what: str, model_types: tuple[str, ..
     if model_type not in model_types:
         raise MelFusionError(f"{directory} holds a {model_type!r} model, not {what} ({', '.join(model_types)})")
     return directory
+
+
+def require_files(directory: Path, what: str, alternatives: tuple[tuple[str, ...], ...]) -> None:
+    """Refuse a directory that has none of the file sets in `alternatives` (transformers would
+    otherwise build an empty tokenizer or a default processor without a word)."""
+    for names in alternatives:
+        if all((directory / n).is_file() for n in names):
+            return
+    wanted = " or ".join(" + ".join(names) for names in alternatives)
+    raise MelFusionError(f"no {what} files in {directory} (expected {wanted})")
 
 
 def load_part(loader, directory: Path, what: str):
