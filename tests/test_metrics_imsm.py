@@ -19,6 +19,12 @@ def test_imsm_matches_a_hand_computed_two_by_two_example():
     assert imsm(it, at) == pytest.approx((1 / (1 + np.exp(-0.3)) + 1 / (1 + np.exp(-0.2))) / 2, abs=1e-14)
 
 
+def test_certain_and_agreeing_models_reach_the_ceiling_e_over_e_plus_n_minus_1():
+    n = 5
+    certain = np.eye(n) * 1000.0  # softmax over texts is one-hot on the matching text
+    assert imsm_scores(certain, certain) == pytest.approx(np.full(n, np.e / (np.e + n - 1)), rel=1e-12)
+
+
 def test_rows_are_distributions_over_the_audio_clips():
     rng = np.random.default_rng(0)
     m = imsm_matrix(rng.normal(size=(5, 7)), rng.normal(size=(4, 7)))
