@@ -14,9 +14,6 @@ from melfusion.metrics.embedders.clap import CLAP
 from melfusion.metrics.embedders.clip import CLIP, image_processor_class
 from melfusion.metrics.imsm import imsm_from_models
 
-pytestmark = pytest.mark.filterwarnings("ignore")
-
-
 def byte_level_vocab(directory, specials):
     from tokenizers import pre_tokenizers
 
