@@ -68,6 +68,14 @@ def test_vggish_loads_the_torchvggish_layout_and_round_trips(tmp_path):
 
     quantised = load_embedder(f"vggish:{tmp_path}", pca=True, final_relu=True).embed_frames(waves)[0]
     assert quantised.min() >= 0 and quantised.max() <= 255 and np.array_equal(quantised, np.round(quantised))
+    by_hand = np.maximum(frames[0].astype(np.float64), 0) - pca[1]
+    by_hand = np.round((np.clip(by_hand @ pca[0].T, -2, 2) + 2) * 255 / 4)
+    assert np.abs(quantised - by_hand).max() <= 1  # float32 network output may flip a rounding
+
+    (tmp_path / "vggish_pca_params-970ea276.pth").unlink()
+    np.savez(tmp_path / "vggish_pca_params.npz", pca_eigen_vectors=pca[0], pca_means=pca[1])
+    from_npz = load_embedder(f"vggish:{tmp_path / 'vggish-10086976.pth'}", pca=True, final_relu=True)
+    assert np.array_equal(from_npz.embed_frames(waves)[0], quantised)
 
 
 def test_vggish_resamples_waves_given_at_another_rate(tmp_path):

@@ -176,7 +176,7 @@ class VGGish(AudioEmbedder):
             if pca_params is None:
                 if pca_file is None:
                     raise MelFusionError(f"PCA postprocessing asked for, but no vggish_pca_params file beside {weights}")
-                params = load_torch_file(pca_file, "VGGish PCA", allow_numpy=True) if pca_file.suffix != ".npz" else dict(np.load(pca_file))
+                params = _load_pca_file(pca_file)
                 try:
                     pca_params = (params["pca_eigen_vectors"], params["pca_means"])
                 except (KeyError, TypeError):
@@ -190,6 +190,16 @@ class VGGish(AudioEmbedder):
         else:
             pca_params = None
         return cls(net, pca_params, final_relu=final_relu)
+
+
+def _load_pca_file(path: Path):
+    if path.suffix != ".npz":
+        return load_torch_file(path, "VGGish PCA", allow_numpy=True)
+    try:
+        with np.load(path) as data:
+            return dict(data)
+    except (OSError, ValueError) as exc:
+        raise MelFusionError(f"cannot read VGGish PCA parameters {path}: {str(exc).splitlines()[0]}") from None
 
 
 def _find_files(path: Path) -> tuple[Path, Path | None]:
