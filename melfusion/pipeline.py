@@ -152,9 +152,11 @@ class MelFusionPipeline:
                  inversion_steps: int | None = None, progress: bool = True) -> MelFusionOutput:
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
-        steps = int(num_inference_steps or d["num_inference_steps"])
+        steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
         guidance = float(d["guidance_scale"] if guidance_scale is None else guidance_scale)
-        inv_steps = int(inversion_steps or d.get("inversion_steps") or steps)
+        if inversion_steps is None:
+            inversion_steps = d.get("inversion_steps") or steps
+        inv_steps = int(inversion_steps)
         if not 1 <= steps <= 1000 or not 1 <= inv_steps <= 1000:
             raise MelFusionError("the number of steps must be between 1 and 1000")
         if not math.isfinite(guidance) or not 0 <= guidance <= 50:

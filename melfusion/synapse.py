@@ -189,7 +189,7 @@ class VisualSynapse(torch.nn.Module):
         return _Ctx()
 
     def alphas(self) -> list[float]:
-        return [float(layer.alpha) for layer in self.layers]
+        return [float(layer.alpha.detach()) for layer in self.layers]
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
