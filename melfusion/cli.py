@@ -16,8 +16,6 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 
 
 def _quiet_libraries():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -134,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Nothing is ever fetched from a model hub; set before transformers is first imported.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

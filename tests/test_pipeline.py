@@ -105,3 +105,17 @@ def test_paper_preset_has_the_published_sizes():
     assert counts["t2i unet"] == 859_520_964          # Stable Diffusion v1.5's UNet
     assert counts["music unet"] == pytest.approx(866e6, rel=0.002)  # TANGO's, as it reports
     assert counts["text encoder"] == pytest.approx(341.2e6, rel=0.001)  # FLAN-T5-large encoder
+
+
+def test_components_can_live_in_other_directories(tiny_pipe, example_image, tmp_path):
+    """A paper-scale model points at checkpoints the user already has, e.g. Stable Diffusion."""
+    import shutil
+
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    shutil.move(str(tmp_path / "model" / "t2i"), str(tmp_path / "stable-diffusion"))
+    index_file = tmp_path / "model" / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index["components"]["t2i"] = str(tmp_path / "stable-diffusion")
+    index_file.write_text(json.dumps(index))
+    loaded = MelFusionPipeline.from_pretrained(tmp_path / "model")
+    assert np.array_equal(_run(loaded, example_image).audio, _run(tiny_pipe, example_image).audio)
