@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -100,6 +101,27 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from melfusion.training.config import load_config
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MelFusionError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    cfg = load_config(args.config, overrides)
+    _quiet_libraries()
+    from melfusion.training.trainer import train
+
+    final = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"trained {cfg.stage}: model saved in {final}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melfusion", description="Music for an image and a line of text.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--preset", default="small", help="tiny, small or paper (default: small)")
     src.add_argument("--model", default=None, help="a saved model directory")
     i.set_defaults(func=cmd_info)
+
+    tr = sub.add_parser("train", help="train one stage from a config file (runs under accelerate launch too)")
+    tr.add_argument("--config", required=True, help="a TOML or JSON training config")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_train)
 
     try:
         from melfusion.data.cli import add_data_commands

@@ -1,0 +1,128 @@
+"""One training run's settings: plain values in a TOML (or JSON) file, checked before any work.
+
+    stage = "music"                      # audio_vae | image_vae | t2i | music
+    manifest = "data/synthmel-2000/manifest.jsonl"
+    out_dir = "runs/small/music"
+    init = "runs/small/t2i/model"        # a saved pipeline, or a preset name ("small", "tiny")
+    steps = 3000
+    batch_size = 16
+    ...
+
+Relative paths are read from the config file's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from melfusion.errors import MelFusionError
+
+STAGES = ("audio_vae", "image_vae", "t2i", "music")
+CONDITIONINGS = ("synapse", "text", "tangopp", "concat", "image-encoder")
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    manifest: str
+    out_dir: str
+    init: str = "small"
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    val_every: int = 200
+    val_records: int = 32
+    cache_dir: str | None = None
+    limit_records: int | None = None      # use only the first N training records (tests, smoke runs)
+    clip_seconds: float = 10.0            # audio length the music and audio VAE stages see
+    # audio_vae / image_vae
+    crop_frames: int = 256                # mel frames per training crop (the VAE is convolutional)
+    kl_weight: float = 1e-6
+    # t2i / music
+    prediction_type: str | None = None    # None keeps the model's
+    drop_text: float = 0.05
+    drop_image: float = 0.05
+    drop_both: float = 0.1
+    # music
+    conditioning: str = "synapse"
+    synapse_alpha: str | float = "learned"
+    synapse_blocks: list[int] | None = None
+    inversion_steps: int | None = None    # None: the model's default denoising steps
+    itc_weight: float = 0.1               # TANGO++'s image-text contrastive loss weight
+    source: str = field(default="", repr=False)  # the file it was read from
+
+    @property
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed: everything but run-length settings."""
+        skip = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "val_every", "source", "cache_dir"}
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise MelFusionError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text()) if path.suffix != ".json" else json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise MelFusionError(f"cannot parse {path}: {exc}") from None
+    raw.update(overrides or {})
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"source"}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise MelFusionError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    missing = [k for k in ("stage", "manifest", "out_dir") if k not in raw]
+    if missing:
+        raise MelFusionError(f"{path}: missing required key {missing[0]}")
+    base = path.parent
+    for key in ("manifest", "out_dir", "cache_dir"):
+        if raw.get(key) is not None:
+            raw[key] = str((base / raw[key]).resolve()) if not Path(raw[key]).is_absolute() else raw[key]
+    init = raw.get("init", "small")
+    from melfusion.presets import PRESETS
+
+    if init not in PRESETS:
+        raw["init"] = str((base / init).resolve()) if not Path(init).is_absolute() else init
+    try:
+        cfg = TrainConfig(**raw, source=str(path))
+    except TypeError as exc:
+        raise MelFusionError(f"{path}: {exc}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    where = cfg.source or "config"
+    if cfg.stage not in STAGES:
+        raise MelFusionError(f"{where}: stage must be one of {', '.join(STAGES)}, not {cfg.stage!r}")
+    if cfg.conditioning not in CONDITIONINGS:
+        raise MelFusionError(f"{where}: conditioning must be one of {', '.join(CONDITIONINGS)}")
+    if not Path(cfg.manifest).is_file():
+        raise MelFusionError(f"{where}: manifest not found: {cfg.manifest}")
+    from melfusion.presets import PRESETS
+
+    if cfg.init not in PRESETS and not (Path(cfg.init) / "model_index.json").is_file():
+        raise MelFusionError(f"{where}: init must be a preset name or a saved model directory: {cfg.init}")
+    for key in ("steps", "batch_size", "checkpoint_every", "log_every", "val_every", "crop_frames"):
+        if int(getattr(cfg, key)) < 1:
+            raise MelFusionError(f"{where}: {key} must be at least 1")
+    if cfg.lr <= 0 or not 0 <= cfg.ema_decay < 1:
+        raise MelFusionError(f"{where}: lr must be > 0 and ema_decay in [0, 1)")
+    if cfg.prediction_type not in (None, "epsilon", "v_prediction"):
+        raise MelFusionError(f"{where}: prediction_type must be 'epsilon' or 'v_prediction'")

@@ -1,0 +1,272 @@
+"""The training loop, on Hugging Face accelerate: one code path for one process or several.
+
+Everything random in a step is drawn from a generator seeded by (seed, step, process), and
+the data order is a pure function of (seed, step): a run resumed from a checkpoint retraces
+the uninterrupted one exactly. Under `accelerate launch` each process takes its own slice of
+every global batch and DistributedDataParallel keeps the weights identical.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from melfusion.errors import MelFusionError
+from melfusion.training.caches import as_numpy_seed
+from melfusion.training.config import TrainConfig
+from melfusion.training.stages import make_stage, stage_data
+
+CHECKPOINT_PREFIX = "step-"
+
+
+class EMA:
+    """Exponential moving average of parameters; the exported model uses the averaged weights."""
+
+    def __init__(self, params, decay: float):
+        self.params = list(params)
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int):
+        # Warm-up: early on, average over the steps seen so far rather than the full horizon.
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self):
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+    def state_dict(self):
+        return {"decay": self.decay, "shadow": [s.clone() for s in self.shadow]}
+
+    def load_state_dict(self, state):
+        if len(state["shadow"]) != len(self.shadow):
+            raise MelFusionError("checkpoint EMA does not match the model")
+        for s, saved in zip(self.shadow, state["shadow"]):
+            s.copy_(saved)
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def batch_indices(step: int, n: int, batch: int, rank: int, world: int, seed: int) -> torch.Tensor:
+    """This process's record indices at `step`: a per-epoch permutation, sliced by process."""
+    global_batch = batch * world
+    per_epoch = n // global_batch
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(as_numpy_seed(seed, epoch, 7)))
+    start = pos * global_batch + rank * batch
+    return perm[start:start + batch]
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    d = out_dir / "checkpoints"
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / "state.pt").is_file()),
+                  key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def save_checkpoint(out_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Write `checkpoints/step-N/state.pt` atomically (a temporary folder renamed into place)."""
+    root = out_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        torch.save(state, tmp / "state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+class Logger:
+    """CSV (one row per logged step) and TensorBoard, on the main process only."""
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int):
+        self.enabled = enabled
+        self.path = out_dir / "log.csv"
+        self.writer = None
+        if not enabled:
+            return
+        rows = []
+        if resume_step > 0 and self.path.is_file():
+            # Rows past the checkpoint were written by the run that was interrupted: redo them.
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self.rows = rows
+        self._write_all()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def _write_all(self):
+        keys = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys or ["step"])
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def log(self, step: int, values: dict):
+        if not self.enabled:
+            return
+        self.rows.append({"step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+        self._write_all()  # a few hundred short rows: rewriting keeps the header complete
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def load_entries(cfg: TrainConfig):
+    from melfusion.data.manifest import read_manifest
+
+    entries, problems = read_manifest(cfg.manifest)
+    if problems:
+        raise MelFusionError(f"{cfg.manifest}: {len(problems)} broken line(s), first: {problems[0]}")
+    train = [e for e in entries if e.record["split"] == "train"]
+    val = [e for e in entries if e.record["split"] == "val"]
+    if cfg.limit_records:
+        train = train[: cfg.limit_records]
+        val = val[: max(1, min(len(val), cfg.limit_records // 4))]
+    if not val:
+        val = train[: max(1, len(train) // 10)]
+    return train, val
+
+
+def load_init(cfg: TrainConfig):
+    from melfusion import presets
+    from melfusion.pipeline import MelFusionPipeline
+
+    if cfg.init in presets.PRESETS:
+        pipe = presets.build(cfg.init, seed=cfg.seed)
+    else:
+        pipe = MelFusionPipeline.from_pretrained(cfg.init)
+    if cfg.stage == "music":
+        from melfusion.music.ldm import MusicLDM
+        from melfusion.synapse import SynapseConfig, VisualSynapse
+
+        scheduler_config = dict(pipe.music.scheduler_config)
+        if cfg.prediction_type:
+            scheduler_config["prediction_type"] = cfg.prediction_type
+        syn_cfg = SynapseConfig(blocks=cfg.synapse_blocks, alpha=cfg.synapse_alpha,
+                                alpha_init=pipe.music.synapse.config.alpha_init)
+        torch.manual_seed(as_numpy_seed(cfg.seed, 11))
+        synapse = VisualSynapse.build(syn_cfg, pipe.music.unet, pipe.t2i.unet)
+        pipe.music = MusicLDM(pipe.music.unet, synapse, scheduler_config)
+        pipe._partner_index = [pipe.t2i.layer_names.index(p) for p in synapse.config.partners]
+    return pipe
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    from accelerate import Accelerator
+
+    out_dir = Path(cfg.out_dir)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    existing = checkpoints(out_dir)
+    start_step, state = 0, None
+    if existing and not resume:
+        raise MelFusionError(f"{out_dir} already holds checkpoints; pass --resume to continue, "
+                             "or choose another out_dir")
+    if resume and existing:
+        state = torch.load(existing[-1] / "state.pt", map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != cfg.fingerprint:
+            raise MelFusionError(f"the checkpoint in {existing[-1]} was made with another config "
+                                 f"({state.get('config_source')}); refusing to resume from it")
+        start_step = int(state["step"])
+    train_rows, val_rows = load_entries(cfg)
+    if len(train_rows) < cfg.batch_size * world:
+        raise MelFusionError(f"{len(train_rows)} training records are too few for batch size "
+                             f"{cfg.batch_size} on {world} process(es)")
+    pipe = load_init(cfg)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    with accelerator.main_process_first():
+        data = stage_data(cfg, pipe, train_rows, val_rows, cache_dir, progress and accelerator.is_main_process)
+    torch.manual_seed(as_numpy_seed(cfg.seed, 13))
+    stage = make_stage(cfg, pipe, data)
+    params = stage.trainable()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    ema = EMA(params, cfg.ema_decay)
+    if state is not None:
+        stage.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ema.load_state_dict(state["ema"])
+    model, optimizer = accelerator.prepare(stage, optimizer)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    logger = Logger(out_dir, accelerator.is_main_process, start_step)
+    n_train = len(train_rows)
+    val_idx = torch.arange(min(cfg.val_records, len(val_rows)))
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"training {cfg.stage}", unit="step",
+               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
+    clock, clock_step = time.perf_counter(), start_step
+    for step in range(start_step, cfg.steps):
+        idx = batch_indices(step, n_train, cfg.batch_size, rank, world, cfg.seed)
+        generator = torch.Generator().manual_seed(as_numpy_seed(cfg.seed, step, rank))
+        loss = model(idx, generator)
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(step)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            mean_loss = accelerator.reduce(loss.detach(), "mean").item()
+            rate = (done - clock_step) / max(1e-9, time.perf_counter() - clock)
+            clock, clock_step = time.perf_counter(), done
+            values = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "steps_per_s": rate,
+                      **stage.log_values()}
+            if done % cfg.val_every == 0 or done == cfg.steps:
+                values["val_loss"] = stage.val_loss(val_idx)
+            logger.log(done, values)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+        bar.update(1)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if accelerator.is_main_process:
+                save_checkpoint(out_dir, done, {
+                    "step": done, "fingerprint": cfg.fingerprint, "config_source": cfg.source,
+                    "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "ema": ema.state_dict()}, cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
+    bar.close()
+    logger.close()
+    ema.copy_to_params()
+    stage.export(pipe)
+    final = out_dir / "model"
+    if accelerator.is_main_process:
+        pipe.save_pretrained(final)
+    accelerator.wait_for_everyone()
+    return final

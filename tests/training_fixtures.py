@@ -1,0 +1,33 @@
+"""A small manifest of synthetic triplets for training tests: tones and coloured images."""
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+
+def make_manifest(root: Path, n: int = 12, seconds: float = 1.0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        minor = i % 2 == 1
+        t = np.arange(int(16000 * seconds)) / 16000
+        f0 = 220 * (1.2 if minor else 1.26)
+        wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * f0 * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(str(root / f"a{i}.wav"), wave.astype(np.float32), 16000, subtype="PCM_16")
+        colour = (40, 50, 140) if minor else (240, 180, 60)
+        Image.new("RGB", (64, 64), colour).save(root / f"i{i}.png")
+        split = "train" if i < n - 4 else ("val" if i < n - 2 else "test")
+        lines.append(json.dumps({"id": f"r{i}", "image": f"i{i}.png", "audio": f"a{i}.wav", "split": split,
+                                 "caption": f"a piece for strings number {i}", "scene": "fields",
+                                 "image_kind": "poster", "mode": "minor" if minor else "major"}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "manifest.jsonl"
+
+
+def write_config(path: Path, **values) -> Path:
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    path.write_text(body + "\n")
+    return path
