@@ -124,7 +124,7 @@ def check_manifest(path, sample_rate: int = 16000, read_audio: bool = True) -> C
     if len(rep.genres) > 1:
         counts = {g: sum(c.values()) for g, c in rep.genres.items()}
         lo, hi = min(counts.values()), max(counts.values())
-        if lo == 0 or hi / lo > IMBALANCE_RATIO:
+        if lo == 0 or (hi / lo > IMBALANCE_RATIO and hi - lo > 1):
             rep.warnings.append(f"genres are unbalanced: {max(counts, key=counts.get)} has {hi} records, "
                                 f"{min(counts, key=counts.get)} has {lo}")
     return rep
