@@ -206,3 +206,18 @@ def test_mode_is_audible_in_the_rendered_audio(made):
         guess = "major" if np.corrcoef(chroma, major_profile)[0, 1] > np.corrcoef(chroma, minor_profile)[0, 1] else "minor"
         right += guess == r["mode"]
     assert right / N >= 0.8
+
+
+def test_stats_report_counts_and_image_colour_classifier_beats_chance(made):
+    from melfusion.data.stats import image_evidence, report
+    from melfusion.data.manifest import read_manifest
+
+    text = report(made / "manifest.jsonl")
+    assert f"{N} records" in text and "| mode / energy |" in text
+    entries, _ = read_manifest(made / "manifest.jsonl")
+    for e in entries:  # put every record in train or test so the tiny set has both
+        e.record["split"] = "test" if int(e.id[-2:]) % 3 == 0 else "train"
+    ev = image_evidence(entries)
+    for label in ("mode", "energy"):
+        acc, chance, n = ev[label]
+        assert n == 10 and acc >= 0.9 and acc > chance
