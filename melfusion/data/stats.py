@@ -1,6 +1,6 @@
 """Statistics of a labelled manifest, and the evidence that its images carry mode and energy.
 
-`python -m melfusion.data.stats MANIFEST` prints Markdown tables: counts per genre, image
+`python -m melfusion.data.stats MANIFEST [--audio]` prints Markdown tables: counts per genre, image
 kind, mode and energy, and the test-split accuracy of a logistic regression trained on the
 train split's image colour statistics alone (mean RGB, hue, saturation, luminance, contrast,
 edge density), against chance (the majority class of the test split).
@@ -67,13 +67,55 @@ def image_evidence(entries) -> dict[str, tuple[float, float, int]]:
     return out
 
 
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+KEYS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+
+
+def audio_evidence(entries) -> dict[str, tuple[float, float, int]]:
+    """Sanity checks that the audio carries the labels (needs librosa):
+    mode: chroma against Krumhansl's major/minor profiles at the labelled tonic (no training);
+    energy: logistic regression on onset rate and loudness variation with the genre one-hot,
+    train split -> test split."""
+    import librosa
+    import soundfile as sf
+
+    genres = sorted({str(e.record.get("genre")) for e in entries})
+    rows = {}
+    for e in entries:
+        if e.record["split"] not in ("train", "test") or "key" not in e.record:
+            continue
+        y, sr = sf.read(str(e.audio_path), dtype="float32")
+        chroma = librosa.feature.chroma_stft(y=y, sr=sr, n_fft=4096).mean(axis=1)
+        chroma = np.roll(chroma, -KEYS.index(e.record["key"].split()[0]))
+        major = np.corrcoef(chroma, MAJOR_PROFILE)[0, 1] > np.corrcoef(chroma, MINOR_PROFILE)[0, 1]
+        onsets = librosa.onset.onset_detect(y=y, sr=sr, units="time")
+        rms = librosa.feature.rms(y=y)[0]
+        onehot = [float(e.record.get("genre") == g) for g in genres]
+        rows[e.id] = (major, np.array([len(onsets) / (len(y) / sr), rms.std() / (rms.mean() + 1e-9), *onehot]))
+    out = {}
+    test = [e for e in entries if e.id in rows and e.record["split"] == "test"]
+    train = [e for e in entries if e.id in rows and e.record["split"] == "train"]
+    if test:
+        y = np.array([e.record["mode"] == "major" for e in test])
+        out["mode (audio chroma, no training)"] = (float(np.mean([rows[e.id][0] for e in test] == y)),
+                                                   float(max(y.mean(), 1 - y.mean())), len(test))
+    if train and test:
+        predict = logistic_regression(np.stack([rows[e.id][1] for e in train]),
+                                      np.array([e.record["energy"] == "driving" for e in train], dtype=np.float64))
+        y = np.array([e.record["energy"] == "driving" for e in test])
+        out["energy (audio onset rate + genre)"] = (float(np.mean(predict(np.stack([rows[e.id][1] for e in test])) == y)),
+                                                    float(max(y.mean(), 1 - y.mean())), len(test))
+    return out
+
+
 def _table(title: str, counts: Counter, total: int) -> list[str]:
     rows = [f"| {title} | records | share |", "| --- | ---: | ---: |"]
     rows += [f"| {k} | {v} | {100 * v / total:.1f}% |" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))]
     return rows
 
 
-def report(manifest) -> str:
+def report(manifest, audio: bool = False) -> str:
     entries, problems = read_manifest(manifest)
     if problems:
         raise MelFusionError(f"{manifest}: {len(problems)} broken lines (first: {problems[0]}); run `data check`")
@@ -98,12 +140,17 @@ def report(manifest) -> str:
         lines += ["", "Image colour statistics alone (logistic regression, train split -> test split):", "",
                   "| label | test accuracy | chance | test records |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {k} | {100 * a:.1f}% | {100 * c:.1f}% | {m} |" for k, (a, c, m) in ev.items()]
+    if audio:
+        ev = audio_evidence(entries)
+        lines += ["", "Audio sanity checks (test split):", "", "| label | test accuracy | chance | test records |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {k} | {100 * a:.1f}% | {100 * c:.1f}% | {m} |" for k, (a, c, m) in ev.items()]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     try:
-        print(report(sys.argv[1]))
+        print(report(sys.argv[1], audio="--audio" in sys.argv[2:]))
     except (MelFusionError, IndexError) as exc:
         print(f"error: {exc if isinstance(exc, MelFusionError) else 'usage: python -m melfusion.data.stats MANIFEST'}",
               file=sys.stderr)
