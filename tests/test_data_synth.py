@@ -53,6 +53,7 @@ def test_resume_makes_only_the_missing_records_and_extends(made, tmp_path):
     (out / recs[3]["audio"]).unlink()
     (out / recs[5]["audio"]).unlink()
     (out / recs[9]["image"]).unlink()
+    (out / "audio" / ".tmp-killed.wav").write_bytes(b"half")  # what a killed run leaves
     res = synthesize(N, out, SynthConfig(seed=7), workers=1, progress=False)
     assert res["made"] == 3 and res["kept"] == N - 3
     assert tree_bytes(out) == tree_bytes(made)

@@ -149,6 +149,8 @@ def synthesize(n: int, out: str | os.PathLike, cfg: SynthConfig = SynthConfig(),
     out = Path(out)
     _check_settings(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("images/.tmp-*"), *out.glob("audio/.tmp-*")]:  # left by a killed run
+        stale.unlink(missing_ok=True)
     (out / "synthmel.json").write_text(json.dumps(cfg.identity(), indent=1, sort_keys=True) + "\n")
     from tqdm import tqdm
 
