@@ -98,9 +98,13 @@ class SynapseProcessor:
             key = a * layer.to_k_image(k_img.to(key.dtype)) + (1 - a) * key
             value = a * layer.to_v_image(v_img.to(value.dtype)) + (1 - a) * value
             if bias is not None:
-                keep = (bias > MASK_FLOOR / 2).to(key.dtype)  # (batch, 1, 1, keys)
+                # log((1 - a) * m + a): 0 where the caption has a token, log(a) where it is padding.
+                # Written with `where` so that a = 0 (image dropped) gives the text mask exactly
+                # and no infinite gradient.
+                keep = bias > MASK_FLOOR / 2  # (batch, 1, 1, keys)
                 a4 = a[:, :, :, None]
-                bias = torch.log((1 - a4) * keep + a4).clamp(min=MASK_FLOOR)
+                padded = torch.where(a4 > 0, torch.log(a4.clamp(min=1e-12)), torch.full_like(a4, MASK_FLOOR))
+                bias = torch.where(keep, torch.zeros_like(padded), padded)
         out = attend(attn, query, key, value, bias)
         return finish(attn, out, residual, restore)
 

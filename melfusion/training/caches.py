@@ -41,7 +41,7 @@ def digest(*parts) -> str:
 def cached(cache_dir: Path | None, name: str, key: str, build) -> dict[str, torch.Tensor]:
     """Load `name-key.safetensors` from `cache_dir`, or build it (a dict of tensors) and save it atomically."""
     if cache_dir is None:
-        return build()
+        return {k: v.contiguous() for k, v in build().items()}
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{name}-{key}.safetensors"
     if path.is_file():
@@ -49,7 +49,10 @@ def cached(cache_dir: Path | None, name: str, key: str, build) -> dict[str, torc
             return load_file(str(path))
         except Exception:  # a damaged cache file is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    tensors = build()
+    # Contiguous, whatever layout the kernels that built them chose (a VAE may return
+    # channels-last tensors): the same bits in the same layout give the same training run
+    # whether the cache was built now or read from disk.
+    tensors = {k: v.contiguous() for k, v in build().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".safetensors", dir=cache_dir)
     os.close(fd)
     try:

@@ -47,6 +47,7 @@ class TrainConfig:
     cache_dir: str | None = None
     limit_records: int | None = None      # use only the first N training records (tests, smoke runs)
     clip_seconds: float = 10.0            # audio length the music and audio VAE stages see
+    trace_data: bool = False              # each process writes the ids it trained on and a weight digest
     # audio_vae / image_vae
     crop_frames: int = 256                # mel frames per training crop (the VAE is convolutional)
     kl_weight: float = 1e-6
@@ -66,7 +67,8 @@ class TrainConfig:
     @property
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed: everything but run-length settings."""
-        skip = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "val_every", "source", "cache_dir"}
+        skip = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "val_every", "source", "cache_dir",
+                "trace_data"}
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

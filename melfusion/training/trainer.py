@@ -231,8 +231,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"training {cfg.stage}", unit="step",
                disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     clock, clock_step = time.perf_counter(), start_step
+    seen = []
     for step in range(start_step, cfg.steps):
         idx = batch_indices(step, n_train, cfg.batch_size, rank, world, cfg.seed)
+        seen += [train_rows[i].id for i in idx.tolist()]
         generator = torch.Generator().manual_seed(as_numpy_seed(cfg.seed, step, rank))
         loss = model(idx, generator)
         accelerator.backward(loss)
@@ -243,13 +245,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         optimizer.zero_grad(set_to_none=True)
         ema.update(step)
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        validate = done % cfg.val_every == 0 or done == cfg.steps
+        if done % cfg.log_every == 0 or validate:
             mean_loss = accelerator.reduce(loss.detach(), "mean").item()
+            if not math.isfinite(mean_loss):
+                raise MelFusionError(f"the loss became {mean_loss} at step {done}; lower lr or check the data")
             rate = (done - clock_step) / max(1e-9, time.perf_counter() - clock)
             clock, clock_step = time.perf_counter(), done
             values = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "steps_per_s": rate,
                       **stage.log_values()}
-            if done % cfg.val_every == 0 or done == cfg.steps:
+            if validate:
                 values["val_loss"] = stage.val_loss(val_idx)
             logger.log(done, values)
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
@@ -263,6 +268,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             accelerator.wait_for_everyone()
     bar.close()
     logger.close()
+    if cfg.trace_data:
+        from melfusion.training.caches import digest
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"trace-rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "world": world, "ids": seen, "weights": digest(accelerator.unwrap_model(model))}))
     ema.copy_to_params()
     stage.export(pipe)
     final = out_dir / "model"
