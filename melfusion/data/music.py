@@ -144,7 +144,7 @@ def _swing(onset: float, amount: float) -> float:
     """Delay off-beat eighths toward the triplet position (amount 1 = 2/3 of the beat)."""
     frac = onset % 1.0
     if amount and abs(frac - 0.5) < 1e-6:
-        return onset - 0.5 + 0.5 + amount / 6.0
+        return onset + amount / 6.0
     return onset
 
 
