@@ -44,3 +44,34 @@ def test_python_dash_m_runs_the_data_commands(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "melfusion.data", "check", str(tmp_path / "none.jsonl")],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_finishes_the_same_set(tmp_path):
+    import os
+    import signal
+    import time
+
+    from melfusion.data.synth import SynthConfig, synthesize
+
+    out = tmp_path / "int"
+    cmd = [sys.executable, "-m", "melfusion.data", "synth", "--n", "40", "--out", str(out), "--duration", "2",
+           "--seed", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setpgrp()))
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("audio/*.wav"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted")
+    done = len(list(out.glob("audio/*.wav")))
+    assert 3 <= done < 40 and not (out / "manifest.jsonl").exists()
+    res = synthesize(40, out, SynthConfig(seed=2, duration_s=2.0), workers=2, progress=False)
+    assert res["kept"] == done and res["made"] == 40 - done
+    clean = tmp_path / "clean"
+    synthesize(40, clean, SynthConfig(seed=2, duration_s=2.0), workers=2, progress=False)
+    for p in sorted(clean.rglob("*")):
+        if p.is_file():
+            assert (out / p.relative_to(clean)).read_bytes() == p.read_bytes(), p.name
+    assert not list(out.rglob(".tmp-*"))

@@ -31,7 +31,9 @@ class Genre:
     melody: str                     # "riff", "song", "arp", "bebop", "blues", or "corpus:<source>"
     scenes: tuple[str, ...]         # what the image shows
     swing: float = 0.0              # 0 straight, 1 full triplet swing of off-beat eighths
-    raise_leading: bool = False     # minor V chord with the raised seventh (classical/jazz/latin habit)
+    # minor V chord with the raised seventh (harmonic minor): its leading note is the surest sign
+    # of minor apart from the third, and tells a minor key from its relative major
+    raise_leading: bool = True
 
 
 GENRES: tuple[Genre, ...] = (

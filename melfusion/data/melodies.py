@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -94,8 +93,13 @@ def _extract(score, melody_id: str, title: str, part_index: int = 0) -> dict | N
 
 
 def build_bank(out: Path = BANK_PATH) -> dict[str, int]:
-    import music21
-    from music21 import converter
+    try:
+        import music21
+        from music21 import converter
+    except ImportError:
+        from melfusion.errors import MelFusionError
+
+        raise MelFusionError("rebuilding the melody bank needs music21 (pip install music21==10.5.1)") from None
 
     base = Path(music21.__file__).parent / "corpus"
     bank: dict[str, list[dict]] = {}
@@ -134,6 +138,12 @@ if __name__ == "__main__":
     import sys
 
     if "--build" in sys.argv:
-        print(build_bank())
+        from melfusion.errors import MelFusionError
+
+        try:
+            print(build_bank())
+        except MelFusionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
     else:
         print({k: len(v) for k, v in load_bank().items()})

@@ -24,12 +24,15 @@ KEY_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 DRUM_CHANNEL = 9
 
 # Root scale degrees (0 = tonic) per bar; each family holds several loops.
+# Root scale degrees (0 = tonic) per bar; each family holds several loops. The tonic chord
+# comes back every other bar or so: a clear tonic is what lets major be told from minor
+# (rather than from the relative key, which has the same notes).
 PROGRESSIONS = {
     "loop2": ((0, 0, 5, 5), (0, 0, 3, 3), (0, 5, 0, 5), (0, 3, 0, 3)),
-    "pop4": ((0, 4, 5, 3), (0, 5, 3, 4), (0, 3, 4, 0), (0, 3, 0, 4), (0, 2, 3, 4)),
-    "epic4": ((0, 5, 2, 4), (0, 5, 3, 4), (0, 3, 5, 4), (0, 0, 5, 3)),
-    "soul": ((0, 3, 0, 3), (0, 5, 3, 4), (0, 1, 4, 0), (0, 0, 3, 4)),
-    "jazz": ((0, 5, 1, 4), (0, 3, 1, 4), (0, 0, 1, 4), (0, 2, 5, 4)),
+    "pop4": ((0, 4, 0, 3), (0, 3, 0, 4), (0, 5, 0, 4), (0, 3, 4, 0), (0, 0, 3, 4)),
+    "epic4": ((0, 5, 0, 4), (0, 3, 0, 4), (0, 0, 5, 4), (0, 5, 3, 4)),
+    "soul": ((0, 3, 0, 3), (0, 0, 3, 4), (0, 1, 0, 4), (0, 5, 0, 4)),
+    "jazz": ((0, 0, 1, 4), (0, 1, 4, 0), (0, 3, 0, 4), (0, 5, 1, 4)),
     "blues12": ((0, 0, 0, 0, 3, 3, 0, 0, 4, 3, 0, 4), (0, 3, 0, 0, 3, 3, 0, 0, 4, 3, 0, 4)),
 }
 SEVENTHS = {"soul", "jazz", "blues12"}
@@ -141,7 +144,7 @@ def _swing(onset: float, amount: float) -> float:
     """Delay off-beat eighths toward the triplet position (amount 1 = 2/3 of the beat)."""
     frac = onset % 1.0
     if amount and abs(frac - 0.5) < 1e-6:
-        return onset - 0.5 + 0.5 + amount / 6.0
+        return onset + amount / 6.0
     return onset
 
 
@@ -211,7 +214,8 @@ def _fit_harmony(notes: list[tuple[int, float, float]], bar_q: float, bars: int,
             if o < hi and o + d > lo:
                 w = min(o + d, hi) - max(o, lo)
                 weights[s % 7] += w * (1.5 if abs((o - lo) % 1.0) < 1e-6 else 1.0)
-        scores = [weights[[r % 7, (r + 2) % 7, (r + 4) % 7]].sum() + (0.3 if r == 0 else 0.0) for r in candidates]
+        bonus = {0: 1.0, 4: 0.3}  # tonic first, dominant next: the key stays unambiguous
+        scores = [weights[[r % 7, (r + 2) % 7, (r + 4) % 7]].sum() + bonus.get(r, 0.0) for r in candidates]
         roots.append(candidates[int(np.argmax(scores))])
     if roots:
         roots[0] = 0  # open on the tonic chord: the mode is heard from the first bar

@@ -118,6 +118,13 @@ def make_record(cfg: SynthConfig, out: Path, index: int) -> tuple[dict, bool]:
     return record, True
 
 
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them: no traceback from each worker."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker(args):
     cfg, out, index = args
     return make_record(cfg, Path(out), index)
@@ -162,7 +169,7 @@ def synthesize(n: int, out: str | os.PathLike, cfg: SynthConfig = SynthConfig(),
         if workers > 1:
             import multiprocessing as mp
 
-            with mp.get_context("fork").Pool(workers) as pool:
+            with mp.get_context("fork").Pool(workers, initializer=_ignore_sigint) as pool:
                 for i, (rec, was_made) in enumerate(pool.imap(_worker, jobs, chunksize=4)):
                     records[i] = rec
                     made += was_made
