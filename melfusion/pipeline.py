@@ -35,6 +35,7 @@ INDEX_NAME = "model_index.json"
 MAX_CAPTION_CHARS = 1000
 MIN_DURATION_S, MAX_DURATION_S = 1.0, 30.0
 COMPONENTS = ("text_encoder", "t2i", "audio_vae", "unet", "synapse", "scheduler", "vocoder")
+CONDITIONINGS = ("synapse", "text", "concat", "tangopp", "image-encoder")
 
 
 @dataclass
@@ -69,18 +70,32 @@ def check_duration(duration_s: float) -> float:
 class MelFusionPipeline:
     def __init__(self, text_encoder: TextEncoder, t2i: TextToImageModel, audio_vae: AudioVAE, music: MusicLDM,
                  vocoder: Vocoder, mel: MelConfig = MelConfig(), defaults: dict | None = None,
-                 preset: str | None = None):
+                 preset: str | None = None, conditioning: str = "synapse", image_encoder=None):
         self.text_encoder, self.t2i, self.audio_vae = text_encoder, t2i, audio_vae
         self.music, self.vocoder, self.mel = music, vocoder, mel
         self.defaults = dict(num_inference_steps=25, guidance_scale=3.0, duration_s=10.0, inversion_steps=None,
                              inversion_refine=0)
         self.defaults.update(defaults or {})
         self.preset = preset
-        layer_index = {name: i for i, name in enumerate(t2i.layer_names)}
-        missing = [p for p in music.synapse.config.partners if p not in layer_index]
+        # How the image reaches the music model: the paper's synapse, or a baseline's way
+        # (melfusion.baselines); every way but "synapse" and "text" needs an image encoder.
+        if conditioning not in CONDITIONINGS:
+            raise MelFusionError(f"unknown conditioning {conditioning!r}")
+        if conditioning in ("concat", "tangopp", "image-encoder") and image_encoder is None:
+            raise MelFusionError(f"conditioning {conditioning!r} needs an image encoder")
+        self.conditioning, self.image_encoder = conditioning, image_encoder
+        self.link_synapse()
+
+    def link_synapse(self):
+        """Find, for each synapse layer, the T2I layer it reads (after the synapse changes)."""
+        self._partner_index = []
+        if self.conditioning != "synapse":
+            return
+        layer_index = {name: i for i, name in enumerate(self.t2i.layer_names)}
+        missing = [p for p in self.music.synapse.config.partners if p not in layer_index]
         if missing:
             raise MelFusionError(f"the synapse reads T2I layers this T2I model lacks: {missing[0]}")
-        self._partner_index = [layer_index[p] for p in music.synapse.config.partners]
+        self._partner_index = [layer_index[p] for p in self.music.synapse.config.partners]
 
     # -- shapes ------------------------------------------------------------------------------
     @property
@@ -174,8 +189,17 @@ class MelFusionPipeline:
         timings["text"] = time.perf_counter() - clock
 
         # 2. Encode the image and DDIM-invert it with the frozen T2I model, keeping its features.
+        #    (The baselines read the image with their image encoder instead.)
         clock = time.perf_counter()
-        trajectory = self.invert_image(pixels, inv_steps, progress)
+        trajectory, image_kv, image_tokens = None, None, None
+        if self.conditioning == "synapse":
+            trajectory = self.invert_image(pixels, inv_steps, progress)
+        elif self.conditioning != "text":
+            image_tokens = self.image_encoder(pixels)
+            if self.conditioning == "image-encoder":
+                from melfusion.baselines import encoder_kv
+
+                image_kv = encoder_kv(image_tokens, self.text_encoder.max_length, len(self.music.synapse.layers))
         timings["inversion"] = time.perf_counter() - clock
 
         # 3. Start from noise in the audio latent space.
@@ -196,15 +220,18 @@ class MelFusionPipeline:
             present = torch.cat([torch.zeros(b), torch.ones(b)])
         else:
             context, context_mask, present = text, mask, torch.ones(b)
+        if image_tokens is not None and self.conditioning in ("concat", "tangopp"):
+            from melfusion.music.ldm import append_image_tokens
+
+            tokens = torch.cat([image_tokens, image_tokens]) if guided else image_tokens
+            context, context_mask = append_image_tokens(context, context_mask, tokens, present)
 
         # 4. Denoise; at step t the synapse reads the image at the matching inverted step.
         for t in tqdm(scheduler.timesteps, desc="composing", disable=not progress, leave=False):
-            kv = self.image_features(trajectory, int(t))
-            if guided:
+            kv = self.image_features(trajectory, int(t)) if trajectory is not None else image_kv
+            if guided and kv is not None:
                 kv = [(torch.cat([k, k]), torch.cat([v, v])) for k, v in kv]
-                model_in = torch.cat([latents, latents])
-            else:
-                model_in = latents
+            model_in = torch.cat([latents, latents]) if guided else latents
             out = self.music.predict(scheduler.scale_model_input(model_in, t), t, context, context_mask, kv, present)
             if guided:
                 uncond, cond = out.chunk(2)
@@ -234,7 +261,8 @@ class MelFusionPipeline:
             counts["t2i text encoder"] = count(self.t2i.text_encoder.model)
         counts.update({
             "music unet": count(self.music.unet),
-            "visual synapse": count(self.music.synapse),
+            "visual synapse": count(self.music.synapse) if self.conditioning in ("synapse", "image-encoder") else 0,
+            "image encoder": count(self.image_encoder),
             "audio vae": count(self.audio_vae),
             "vocoder": count(self.vocoder),
         })
@@ -255,8 +283,12 @@ class MelFusionPipeline:
             self.music.synapse.save_pretrained(staging / "synapse")
             DDIMScheduler.from_config(self.music.scheduler_config).save_pretrained(str(staging / "scheduler"))
             self.vocoder.save_pretrained(staging / "vocoder")
+            components = {c: c for c in COMPONENTS}
+            if self.image_encoder is not None:
+                self.image_encoder.save_pretrained(staging / "image_encoder")
+                components["image_encoder"] = "image_encoder"
             index = {"_class_name": "MelFusionPipeline", "preset": self.preset, "mel": self.mel.to_dict(),
-                     "defaults": self.defaults, "components": {c: c for c in COMPONENTS}}
+                     "conditioning": self.conditioning, "defaults": self.defaults, "components": components}
             (staging / INDEX_NAME).write_text(json.dumps(index, indent=2))
             if directory.exists():
                 shutil.rmtree(directory)
@@ -301,6 +333,12 @@ class MelFusionPipeline:
             synapse = VisualSynapse.from_pretrained(paths["synapse"])
             music = MusicLDM(unet, synapse, scheduler_config)
             vocoder = load_vocoder(paths["vocoder"], mel)
+            image_encoder = None
+            if "image_encoder" in index["components"]:
+                from melfusion.baselines import ImageEncoder
+
+                image_encoder = ImageEncoder.from_pretrained(directory / index["components"]["image_encoder"])
         finally:
             dlogging.set_verbosity(verbosity)
-        return cls(text_encoder, t2i, audio_vae, music, vocoder, mel, index.get("defaults"), index.get("preset"))
+        return cls(text_encoder, t2i, audio_vae, music, vocoder, mel, index.get("defaults"), index.get("preset"),
+                   index.get("conditioning", "synapse"), image_encoder)

@@ -46,6 +46,14 @@ class ConditionDropout:
         return keep_text.float(), keep_image.float()
 
 
+def append_image_tokens(text, text_mask, image_tokens, keep_image):
+    """Concatenate image tokens after the caption's; a dropped image is zeroed and masked."""
+    keep = keep_image.to(image_tokens)[:, None]
+    tokens = image_tokens * keep[:, :, None]
+    mask = keep.expand(-1, image_tokens.shape[1]).to(text_mask.dtype)
+    return torch.cat([text, tokens.to(text)], dim=1), torch.cat([text_mask, mask], dim=1)
+
+
 class MusicLDM(torch.nn.Module):
     def __init__(self, unet: UNet2DConditionModel, synapse: VisualSynapse, scheduler_config: dict):
         super().__init__()
@@ -73,13 +81,16 @@ class MusicLDM(torch.nn.Module):
                       image_features: Callable[[torch.Tensor], ImageKV] | None,
                       dropout: ConditionDropout = ConditionDropout(),
                       generator: torch.Generator | None = None,
-                      timesteps: torch.Tensor | None = None) -> torch.Tensor:
+                      timesteps: torch.Tensor | None = None,
+                      image_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """The diffusion loss for one batch.
 
         latents: clean audio latents `(batch, c, f, m)`; text, text_mask: caption tokens
         `(batch, tokens, dim)`, `(batch, tokens)`; null_text, null_mask: the empty caption's
         `(1, tokens, dim)`, `(1, tokens)`; image_features(timesteps) returns the image keys and
         values the synapse reads at those music timesteps (None: train text-only).
+        image_tokens `(batch, n, dim)`, for the concatenation baselines, join the caption's
+        tokens (masked out where the image is dropped).
         """
         b = latents.shape[0]
         if timesteps is None:
@@ -91,6 +102,8 @@ class MusicLDM(torch.nn.Module):
         kt = keep_text.to(latents)[:, None, None]
         text = kt * text + (1 - kt) * null_text.to(latents)
         text_mask = torch.where(keep_text.bool()[:, None].to(text_mask.device), text_mask, null_mask)
+        if image_tokens is not None:
+            text, text_mask = append_image_tokens(text, text_mask, image_tokens, keep_image)
         image_kv = image_features(timesteps) if image_features is not None else None
         output = self.predict(noisy, timesteps, text, text_mask, image_kv, keep_image)
         if self.prediction_type == "epsilon":

@@ -133,23 +133,29 @@ class T2IStage(Stage):
 
 
 class MusicStage(Stage):
-    """The music UNet and visual synapse (or, with `conditioning = "text"`, no image at all)."""
+    """The music UNet and the visual synapse, or a baseline's way of reading the image
+    (`conditioning`: text, concat, tangopp, image-encoder; see melfusion.baselines)."""
 
     def __init__(self, cfg, pipe, data):
         super().__init__(cfg, pipe)
-        if cfg.conditioning not in ("synapse", "text"):
-            raise MelFusionError(f"conditioning {cfg.conditioning!r} is not available in this version")
         self.music = pipe.music
         self.music.unet.train().requires_grad_(True)
-        self.music.synapse.requires_grad_(True)
-        self.music.synapse.config.enabled = cfg.conditioning == "synapse"
-        if cfg.conditioning == "text":
-            self.music.synapse.requires_grad_(False)
+        uses_synapse = cfg.conditioning in ("synapse", "image-encoder")
+        self.music.synapse.requires_grad_(uses_synapse)
+        self.music.synapse.config.enabled = uses_synapse
+        self.image_encoder = pipe.image_encoder
+        if self.image_encoder is not None:
+            self.image_encoder.train().requires_grad_(True)
         self.data = data
         self.dropout = ConditionDropout(cfg.drop_text, cfg.drop_image, cfg.drop_both)
 
-    def _features(self, split, idx):
-        if not self.music.synapse.config.enabled:
+    def _features(self, split, idx, image_tokens=None):
+        if self.cfg.conditioning == "image-encoder":
+            from melfusion.baselines import encoder_kv
+
+            kv = encoder_kv(image_tokens, self.pipe.text_encoder.max_length, len(self.music.synapse.layers))
+            return lambda t: kv
+        if self.cfg.conditioning != "synapse":
             return None
         traj = ImageTrajectory(self.data[split + "_traj"][idx].transpose(0, 1),
                                self.data["traj_timesteps"].tolist(),
@@ -158,10 +164,15 @@ class MusicStage(Stage):
         return lambda t: self.pipe.image_features_for_training(traj, t)
 
     def _loss(self, split, idx, generator, timesteps=None, dropout=None):
-        return self.music.training_loss(
-            self.data[split + "_latents"][idx], self.data[split + "_text"][idx], self.data[split + "_mask"][idx],
-            self.data["null_text"], self.data["null_mask"], self._features(split, idx),
-            dropout or self.dropout, generator, timesteps)
+        text, mask = self.data[split + "_text"][idx], self.data[split + "_mask"][idx]
+        tokens = self.image_encoder(self.data[split + "_images"][idx]) if self.image_encoder is not None else None
+        loss = self.music.training_loss(
+            self.data[split + "_latents"][idx], text, mask, self.data["null_text"], self.data["null_mask"],
+            self._features(split, idx, tokens), dropout or self.dropout, generator, timesteps,
+            image_tokens=tokens if self.cfg.conditioning in ("concat", "tangopp") else None)
+        if self.cfg.conditioning == "tangopp":
+            loss = loss + self.cfg.itc_weight * self.image_encoder.itc_loss(tokens, text, mask)
+        return loss
 
     def forward(self, idx, generator):
         return self._loss("train", idx, generator)
@@ -174,13 +185,16 @@ class MusicStage(Stage):
         return float(sum(losses) / len(losses))
 
     def log_values(self):
-        if not self.music.synapse.config.enabled:
+        if self.cfg.conditioning not in ("synapse", "image-encoder"):
             return {}
         return {f"alpha_{i}": a for i, a in enumerate(self.music.synapse.alphas())}
 
     def export(self, pipe):
         self.music.unet.eval().requires_grad_(False)
         self.music.synapse.requires_grad_(False)
+        self.music.synapse.config.enabled = True
+        if self.image_encoder is not None:
+            self.image_encoder.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -237,7 +251,9 @@ def stage_data(cfg: TrainConfig, pipe, train, val, cache_dir, progress=True) -> 
                 lambda: {"z": caches.build_audio_latents(m, pipe.audio_vae, progress=progress)})["z"]
             t = text(split, [e.record["caption"] for e in rows[split]], enc)
             out[split + "_text"], out[split + "_mask"] = t["emb"], t["mask"]
-            if cfg.conditioning != "text":
+            if cfg.conditioning in ("concat", "tangopp", "image-encoder"):
+                out[split + "_images"] = images(split)
+            if cfg.conditioning == "synapse":
                 px = images(split)
                 refine = int(pipe.defaults.get("inversion_refine") or 0)
                 key = caches.digest(caches.record_key(rows[split]), steps, refine, pipe.t2i.unet, pipe.t2i.vae)

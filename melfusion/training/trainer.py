@@ -180,8 +180,23 @@ def load_init(cfg: TrainConfig):
                                 alpha_init=pipe.music.synapse.config.alpha_init)
         torch.manual_seed(as_numpy_seed(cfg.seed, 11))
         synapse = VisualSynapse.build(syn_cfg, pipe.music.unet, pipe.t2i.unet)
+        image_encoder = None
+        if cfg.conditioning in ("concat", "tangopp", "image-encoder"):
+            from melfusion.baselines import ImageEncoder, ImageEncoderConfig
+
+            image_encoder = ImageEncoder(ImageEncoderConfig(image_size=pipe.t2i.image_size,
+                                                            out_dim=pipe.text_encoder.hidden_size))
+            if cfg.conditioning == "image-encoder":
+                # The synapse's layers stay; what they read is the encoder's tokens.
+                n = len(synapse.config.layers)
+                syn_cfg = SynapseConfig(blocks=cfg.synapse_blocks, alpha=cfg.synapse_alpha,
+                                        alpha_init=syn_cfg.alpha_init, layers=synapse.config.layers,
+                                        partners=["image-encoder"] * n, music_dims=synapse.config.music_dims,
+                                        image_dims=[image_encoder.config.out_dim] * n)
+                synapse = VisualSynapse(syn_cfg)
         pipe.music = MusicLDM(pipe.music.unet, synapse, scheduler_config)
-        pipe._partner_index = [pipe.t2i.layer_names.index(p) for p in synapse.config.partners]
+        pipe.conditioning, pipe.image_encoder = cfg.conditioning, image_encoder
+        pipe.link_synapse()
     return pipe
 
 
