@@ -14,16 +14,15 @@ can be had offline here; at paper scale a CLIP ViT would take its place).
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from melfusion.errors import MelFusionError
+from melfusion.weights import load_module, save_module
 
 CONFIG_NAME = "image_encoder_config.json"
 WEIGHTS_NAME = "image_encoder.safetensors"
@@ -78,20 +77,11 @@ class ImageEncoder(torch.nn.Module):
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_NAME))
+        save_module(self, self.config, directory, CONFIG_NAME, WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "ImageEncoder":
-        directory = Path(directory)
-        try:
-            enc = cls(ImageEncoderConfig(**json.loads((directory / CONFIG_NAME).read_text())))
-            enc.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
-        except (OSError, TypeError, ValueError, RuntimeError) as exc:
-            raise MelFusionError(f"cannot load the image encoder in {directory}: {str(exc).splitlines()[0]}") from None
-        return enc
+        return load_module(cls, ImageEncoderConfig, directory, CONFIG_NAME, WEIGHTS_NAME, "image encoder")
 
 
 def encoder_kv(tokens: torch.Tensor, num_tokens: int, layers: int):

@@ -19,16 +19,15 @@ for classifier-free guidance and condition dropout), which reduces the layer to 
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from melfusion.attention import attend, bias_shape, finish, prepare_inputs
 from melfusion.errors import MelFusionError
+from melfusion.weights import load_module, save_module
 
 CONFIG_NAME = "synapse_config.json"
 WEIGHTS_NAME = "synapse.safetensors"
@@ -196,24 +195,8 @@ class VisualSynapse(torch.nn.Module):
         return [float(layer.alpha.detach()) for layer in self.layers]
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_NAME))
+        save_module(self, self.config, directory, CONFIG_NAME, WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "VisualSynapse":
-        directory = Path(directory)
-        try:
-            config = SynapseConfig(**json.loads((directory / CONFIG_NAME).read_text()))
-        except (OSError, TypeError, ValueError) as exc:
-            raise MelFusionError(f"bad synapse config in {directory}: {exc}") from None
-        synapse = cls(config)
-        state = load_file(str(directory / WEIGHTS_NAME)) if (directory / WEIGHTS_NAME).is_file() else None
-        if state is None:
-            raise MelFusionError(f"missing {WEIGHTS_NAME} in {directory}")
-        missing, unexpected = synapse.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise MelFusionError(f"synapse weights in {directory} do not match its config "
-                                 f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-        return synapse
+        return load_module(cls, SynapseConfig, directory, CONFIG_NAME, WEIGHTS_NAME, "visual synapse")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from melfusion.errors import MelFusionError
 from melfusion.music.ldm import ConditionDropout
 from melfusion.t2i.model import ImageTrajectory
 from melfusion.training import caches
@@ -79,17 +78,11 @@ class VAEStage(Stage):
         return F.l1_loss(self.vae.decode(self.vae.encode(x).latent_dist.mean).sample, x).item()
 
     def export(self, pipe):
-        if self.cfg.stage == "image_vae":
-            # Keep the latents at about unit spread, as SD's scaling factor does.
-            with torch.no_grad():
-                sample = self.data["train"][: min(256, len(self.data["train"]))] * 2 - 1
-                std = float(self.vae.encode(sample).latent_dist.mean.std())
-            self.vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
-        else:
-            with torch.no_grad():
-                sample = self.data["train"][: min(64, len(self.data["train"]))][:, None]
-                std = float(self.vae.encode(sample).latent_dist.mean.std())
-            self.vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+        # Keep the latents at about unit spread, as Stable Diffusion's scaling factor does.
+        with torch.no_grad():
+            idx = torch.arange(min(64, len(self.data["train"])))
+            std = float(self.vae.encode(self._inputs("train", idx, torch.Generator().manual_seed(0))).latent_dist.mean.std())
+        self.vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
         self.vae.eval().requires_grad_(False)
 
 
@@ -108,7 +101,8 @@ class T2IStage(Stage):
 
     def _loss(self, split, idx, generator, timesteps=None):
         z = self.data[split + "_latents"][idx]
-        text, mask = self.data[split + "_text"][idx], self.data[split + "_mask"][idx]
+        # Unmasked, as Stable Diffusion conditions (and as the inversion's empty prompt is read).
+        text = self.data[split + "_text"][idx]
         if timesteps is None:
             timesteps = torch.randint(0, self.noise.config.num_train_timesteps, (len(idx),), generator=generator)
         noise = torch.randn(z.shape, generator=generator)

@@ -19,8 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from melfusion.metrics.embedders.base import TextAudioModel, check_texts, unit_rows
-from melfusion.metrics.embedders.hf import TOKENIZER_FILES, check_model_dir, load_part, max_text_tokens, require_files
+from melfusion.metrics.embedders.base import TextAudioModel, unit_rows
+from melfusion.metrics.embedders.hf import (TOKENIZER_FILES, check_model_dir, embed_texts, load_part,
+                                            max_text_tokens, require_files)
 
 CROP_SEED = 0
 
@@ -46,16 +47,8 @@ class CLAP(TextAudioModel):
         # RoBERTa positions start after the padding index.
         self.max_tokens = max_text_tokens(tokenizer, model.config.text_config.max_position_embeddings, reserved=2)
 
-    @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        texts = check_texts(texts)
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_tokens, return_tensors="pt")
-            feats = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            out.append(feats.pooler_output.float().numpy())
-        return unit_rows(np.concatenate(out))
+        return embed_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_tokens)
 
     @torch.no_grad()
     def _embed(self, waves: list[np.ndarray]) -> np.ndarray:

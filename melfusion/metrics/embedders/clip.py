@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from melfusion.errors import MelFusionError
-from melfusion.metrics.embedders.base import ImageTextModel, check_texts, unit_rows
-from melfusion.metrics.embedders.hf import TOKENIZER_FILES, check_model_dir, load_part, max_text_tokens, require_files
+from melfusion.metrics.embedders.base import ImageTextModel, unit_rows
+from melfusion.metrics.embedders.hf import (TOKENIZER_FILES, check_model_dir, embed_texts, load_part,
+                                            max_text_tokens, require_files)
 
 
 def to_rgb_images(images) -> list:
@@ -72,16 +73,8 @@ class CLIP(ImageTextModel):
         self.logit_scale = float(model.logit_scale.exp())
         self.max_tokens = max_text_tokens(tokenizer, model.config.text_config.max_position_embeddings)
 
-    @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        texts = check_texts(texts)
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_tokens, return_tensors="pt")
-            feats = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            out.append(feats.pooler_output.float().numpy())
-        return unit_rows(np.concatenate(out))
+        return embed_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_tokens)
 
     @torch.no_grad()
     def embed_image(self, images) -> np.ndarray:

@@ -56,3 +56,21 @@ def max_text_tokens(tokenizer, positions: int, reserved: int = 0) -> int:
     """Longest token sequence both the tokenizer and the position table allow."""
     limit = int(getattr(tokenizer, "model_max_length", positions) or positions)
     return max(1, min(limit, positions - reserved))
+
+
+def embed_texts(model, tokenizer, texts, batch_size: int, max_tokens: int):
+    """Unit-length text embeddings `(n, dim)` from a CLIP- or CLAP-style model's text tower."""
+    import numpy as np
+    import torch
+
+    from melfusion.metrics.embedders.base import check_texts, unit_rows
+
+    texts = check_texts(texts)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_tokens,
+                              return_tensors="pt")
+            feats = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out.append(feats.pooler_output.float().numpy())
+    return unit_rows(np.concatenate(out))
