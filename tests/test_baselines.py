@@ -1,7 +1,6 @@
 """The paper's baselines train with the same system and sample with the same pipeline."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
