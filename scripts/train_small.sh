@@ -16,3 +16,4 @@ $mf data check data/synthmel-2000/manifest.jsonl --headers-only
 for stage in ${STAGES:-audio_vae image_vae t2i music music-text-only}; do
   $mf train --config "configs/small/$stage.toml" --resume
 done
+.venv/bin/python scripts/export_default.py runs/small/music/model

@@ -1,0 +1,45 @@
+"""Ship a trained model as the package's default: weights in float16 safetensors, 80 MB at most.
+
+    .venv/bin/python scripts/export_default.py runs/small/music/model [--out melfusion/assets/default]
+
+Loading upcasts to float32 (diffusers and our own modules both do), so only the stored size
+changes. The script checks the size, loads the result back, and composes one clip with it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+LIMIT_MB = 80.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--out", default=str(Path(__file__).parents[1] / "melfusion" / "assets" / "default"))
+    args = ap.parse_args()
+    from melfusion.pipeline import MelFusionPipeline
+
+    pipe = MelFusionPipeline.from_pretrained(args.model)
+    out = pipe.save_pretrained(args.out)
+    for f in out.rglob("*.safetensors"):
+        tensors = load_file(str(f))
+        save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}, str(f))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+    print(f"{out}: {size:.1f} MB")
+    if size > LIMIT_MB:
+        print(f"error: the default model is {size:.1f} MB, over the {LIMIT_MB:.0f} MB limit", file=sys.stderr)
+        return 1
+    again = MelFusionPipeline.from_pretrained(out)
+    clip = again(image=str(Path(__file__).parents[1] / "examples" / "beach-post.png"), prompt="folk guitar",
+                 duration_s=2.0, generator=torch.Generator().manual_seed(0), progress=False)
+    print(f"reloaded and composed {len(clip.audio) / clip.sample_rate:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
