@@ -133,6 +133,8 @@ def test_bad_configs_fail_before_training(tmp_path, manifest):
         load_config(_config(tmp_path, tmp_path / "nope.jsonl"))
     with pytest.raises(MelFusionError, match="stage must be one of"):
         load_config(_config(tmp_path, manifest, stage="vocoder"))
+    with pytest.raises(MelFusionError, match="mixed_precision must be"):
+        load_config(_config(tmp_path, manifest, mixed_precision="fp8"))
     with pytest.raises(MelFusionError, match="init must be"):
         load_config(_config(tmp_path, manifest, init=str(tmp_path / "no-model")))
     from melfusion.training.trainer import train

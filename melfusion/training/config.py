@@ -47,6 +47,7 @@ class TrainConfig:
     cache_dir: str | None = None
     limit_records: int | None = None      # use only the first N training records (tests, smoke runs)
     clip_seconds: float = 10.0            # audio length the music and audio VAE stages see
+    mixed_precision: str = "no"           # "bf16": autocast on CPUs with bf16 instructions (about 2x here)
     trace_data: bool = False              # each process writes the ids it trained on and a weight digest
     # audio_vae / image_vae
     crop_frames: int = 256                # mel frames per training crop (the VAE is convolutional)
@@ -126,5 +127,7 @@ def validate(cfg: TrainConfig) -> None:
             raise MelFusionError(f"{where}: {key} must be at least 1")
     if cfg.lr <= 0 or not 0 <= cfg.ema_decay < 1:
         raise MelFusionError(f"{where}: lr must be > 0 and ema_decay in [0, 1)")
+    if cfg.mixed_precision not in ("no", "bf16"):
+        raise MelFusionError(f"{where}: mixed_precision must be 'no' or 'bf16'")
     if cfg.prediction_type not in (None, "epsilon", "v_prediction"):
         raise MelFusionError(f"{where}: prediction_type must be 'epsilon' or 'v_prediction'")

@@ -204,7 +204,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     from accelerate import Accelerator
 
     out_dir = Path(cfg.out_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     existing = checkpoints(out_dir)
     start_step, state = 0, None
