@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
+from melfusion.atomic import atomic_dir
 from melfusion.audio.mel import MelConfig
 from melfusion.audio.vae import AudioVAE
 from melfusion.audio.vocoder import Vocoder, load_vocoder
@@ -272,9 +271,7 @@ class MelFusionPipeline:
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write every part (JSON configs beside safetensors) into `directory`, atomically."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-        try:
+        with atomic_dir(directory) as staging:
             self.text_encoder.save_pretrained(staging / "text_encoder")
             self.t2i.save_pretrained(staging / "t2i")
             self.audio_vae.save_pretrained(staging / "audio_vae")
@@ -290,12 +287,6 @@ class MelFusionPipeline:
             index = {"_class_name": "MelFusionPipeline", "preset": self.preset, "mel": self.mel.to_dict(),
                      "conditioning": self.conditioning, "defaults": self.defaults, "components": components}
             (staging / INDEX_NAME).write_text(json.dumps(index, indent=2))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return directory
 
     @classmethod

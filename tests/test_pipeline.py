@@ -68,7 +68,7 @@ def test_save_and_load_give_the_same_music(tiny_pipe, example_image, tmp_path):
     assert list((tmp_path / "model" / "unet").glob("*.safetensors"))
     loaded = MelFusionPipeline.from_pretrained(tmp_path / "model")
     assert np.array_equal(_run(loaded, example_image).audio, _run(tiny_pipe, example_image).audio)
-    assert not list(tmp_path.glob(".model-*"))  # no staging folder left behind
+    assert not list(tmp_path.glob(".tmp-*"))  # no staging folder left behind
 
 
 def test_bad_arguments_are_refused_with_clear_errors(tiny_pipe, example_image):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from melfusion.atomic import atomic_file
 from melfusion.errors import MelFusionError
 
 
@@ -39,13 +39,6 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> Pa
     """Write mono 16-bit PCM atomically: a failure never leaves a partial file at `path`."""
     path = Path(path)
     wave = np.clip(np.asarray(wave, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".wav", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, wave, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        sf.write(str(tmp), wave, sample_rate, subtype="PCM_16", format="WAV")
     return path

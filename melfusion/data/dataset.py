@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from melfusion.atomic import atomic_file
 from melfusion.audio.io import read_audio
 from melfusion.audio.mel import MelConfig, MelSpectrogram, fit_frames
 from melfusion.data.manifest import Entry, audio_facts, audio_problems, image_problem, read_manifest
@@ -109,11 +109,8 @@ class ManifestDataset(torch.utils.data.Dataset):
             with torch.no_grad():
                 mel = self.mel(wave[None])[0]
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=cache.parent)
-                with os.fdopen(fd, "wb") as f:
+                with atomic_file(cache) as tmp, open(tmp, "wb") as f:
                     np.save(f, mel.numpy())
-                os.replace(tmp, cache)
         if self.frames is not None:
             mel = fit_frames(mel[None], self.frames)[0]
         return mel

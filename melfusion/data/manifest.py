@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from melfusion.atomic import atomic_file
 from melfusion.errors import MelFusionError
 
 REQUIRED = {"id": str, "image": str, "caption": str, "audio": str, "split": str}
@@ -88,16 +88,9 @@ def read_manifest(path: str | os.PathLike) -> tuple[list[Entry], list[Problem]]:
 def write_manifest(path: str | os.PathLike, records) -> Path:
     """Write records as JSON Lines atomically (a failure leaves any old manifest in place)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return path
 
 

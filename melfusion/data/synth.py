@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from melfusion.atomic import atomic_file
 from melfusion.audio.io import write_wav
 from melfusion.data import captions, images, music, render
 from melfusion.data.genres import GENRES, IMAGE_KIND_WEIGHTS, IMAGE_KINDS
@@ -89,15 +89,8 @@ def compose_record(cfg: SynthConfig, index: int) -> tuple[dict, music.Piece, np.
 
 
 def _save_png(img, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         img.save(tmp, format="PNG", optimize=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_record(cfg: SynthConfig, out: Path, index: int) -> tuple[dict, bool]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from melfusion.atomic import atomic_file
 from melfusion.errors import MelFusionError
 
 
@@ -53,14 +52,8 @@ def cached(cache_dir: Path | None, name: str, key: str, build) -> dict[str, torc
     # channels-last tensors): the same bits in the same layout give the same training run
     # whether the cache was built now or read from disk.
     tensors = {k: v.contiguous() for k, v in build().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".safetensors", dir=cache_dir)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp))
     return tensors
 
 

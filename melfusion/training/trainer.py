@@ -10,15 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from melfusion.atomic import atomic_dir
 from melfusion.errors import MelFusionError
 from melfusion.training.caches import as_numpy_seed
 from melfusion.training.config import TrainConfig
@@ -86,18 +85,9 @@ def checkpoints(out_dir: Path) -> list[Path]:
 
 def save_checkpoint(out_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write `checkpoints/step-N/state.pt` atomically (a temporary folder renamed into place)."""
-    root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    final = out_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:07d}"
+    with atomic_dir(final) as tmp:
         torch.save(state, tmp / "state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
