@@ -151,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.rate_page()
             if path.startswith("/media/"):
                 return self.media(path[len("/media/"):])
-            if path.startswith("/admin"):
+            if path == "/admin" or path.startswith("/admin/"):
                 return self.admin(path, query)
             return self.message(404, "no such page", link="/")
         except Exception as exc:  # never a traceback to the browser
