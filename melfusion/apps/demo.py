@@ -163,7 +163,7 @@ def launch(demo, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts
     demo.queue(max_size=max_queue)
     try:
-        demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb:g}mb", share=False,
+        demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024), share=False,
                     show_error=False, prevent_thread_lock=not block, quiet=True, theme=theme)
     except OSError as exc:
         raise MelFusionError(f"cannot listen on {host}:{port}: {exc}") from None
