@@ -86,7 +86,8 @@ def test_demo_upload_caption_generate_play_and_download(browser, demo_url, tmp_p
     page.locator("#image-upload button[aria-label='Clear']").click()
     page.locator("#image-upload input[type='file']").set_input_files(str(EXAMPLE))
     page.click("#generate")
-    page.wait_for_function("document.body.innerText.includes('the caption is empty')", timeout=20_000)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('the caption is empty')",
+                           timeout=20_000)
     assert "Traceback" not in page.content()
     shot(page, tmp_path, "demo-empty-caption")
 

@@ -115,10 +115,13 @@ def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_w
         try:
             return composer(image_path, caption, duration, seed, steps, guidance)
         except MelFusionError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            message = str(exc)
         except Exception as exc:  # a bug: a short message in the page, the details in the server's log
             print(f"melfusion serve: {type(exc).__name__}: {exc}", file=sys.stderr)
-            raise gr.Error("something went wrong while composing; please try again", print_exception=False) from None
+            message = "something went wrong while composing; please try again"
+        # The reason stays on the page beside the (cleared) results, and pops up once as a warning.
+        gr.Warning(message)
+        return None, None, None, None, f"**Cannot compose:** {message}"
 
     with gr.Blocks(title="melfusion: music for an image and a caption", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# melfusion\nMusic for an image and a line of text (MeLFusion, CVPR 2024). Upload an image "
