@@ -31,6 +31,15 @@ def _examples() -> list[list[str]]:
     return out
 
 
+def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    try:
+        import gradio
+    except ImportError:
+        raise MelFusionError("the web demo needs gradio: run bin/setup, or pip install gradio==6.31.0") from None
+    return gradio
+
+
 class Composer:
     """One loaded pipeline and the folder its results go to; `__call__` does one request."""
 
@@ -96,8 +105,7 @@ class Composer:
 
 
 def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_weights: bool = False):
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
+    gr = _gradio()
 
     composer = Composer(pipe, max_upload_mb)
     d = pipe.defaults
@@ -161,7 +169,7 @@ def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_w
 
 def launch(demo, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 10.0, block: bool = True,
            max_queue: int = 32):
-    import gradio as gr
+    gr = _gradio()
 
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts
     demo.queue(max_size=max_queue)
@@ -178,6 +186,7 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 7860, concurrency: in
 
     if concurrency < 1:
         raise MelFusionError("--concurrency must be at least 1")
+    _gradio()  # before loading a model
     if not 0 < max_upload_mb <= 200:
         raise MelFusionError("--max-upload-mb must be between 0 and 200")
     _quiet_libraries()
