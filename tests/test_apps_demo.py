@@ -16,6 +16,8 @@ from melfusion.cli import build_parser
 from melfusion.errors import MelFusionError
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "beach-post.png"
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # gradio's use of pandas options
+              pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
 
 
 def test_servers_bind_to_loopback_by_default():
@@ -72,3 +74,51 @@ def test_demo_server_serves_no_file_a_request_names(tiny_pipe, tmp_path):
                 assert exc.code in (403, 404), path
     finally:
         demo.close()
+
+
+class _SlowPipe:
+    """Stands in for a pipeline: records when each call runs, and takes a while."""
+
+    defaults = {"duration_s": 1.0, "num_inference_steps": 2, "guidance_scale": 3.0}
+
+    def __init__(self):
+        import threading
+
+        self.spans, self.lock = [], threading.Lock()
+
+    def __call__(self, image, prompt, duration_s, num_inference_steps, guidance_scale, generator, progress):
+        import time
+        from types import SimpleNamespace
+
+        t0 = time.perf_counter()
+        time.sleep(1.0)
+        with self.lock:
+            self.spans.append((t0, time.perf_counter()))
+        n = int(duration_s * 16000)
+        return SimpleNamespace(audio=np.zeros(n, np.float32) + 0.1, sample_rate=16000,
+                               log_mel=np.zeros((1, 100, 64), np.float32))
+
+
+def test_generation_requests_queue_one_at_a_time(tmp_path):
+    """Three requests sent at once with concurrency 1 run one after another, none dropped."""
+    from gradio_client import Client, handle_file
+
+    from melfusion.apps.demo import build_demo, launch
+
+    pipe = _SlowPipe()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = launch(build_demo(pipe, concurrency=1), "127.0.0.1", port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        api = next(name for name in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+                   if "generate" in name)
+        jobs = [client.submit(handle_file(str(EXAMPLE)), f"piano {i}", 1.0, i, 2, 3.0, api_name=api) for i in range(3)]
+        results = [job.result(timeout=60) for job in jobs]
+    finally:
+        demo.close()
+    assert all("Composed 1.0 s" in r[-1] for r in results)
+    spans = sorted(pipe.spans)
+    assert len(spans) == 3
+    assert all(later[0] >= earlier[1] - 0.01 for earlier, later in zip(spans, spans[1:]))  # never overlapping
