@@ -170,3 +170,15 @@ def test_a_rater_rates_items_in_the_browser_and_the_rows_are_in_the_database(bro
                        (rater,)).fetchall()
     assert len(rows) == sum(len(k) for k in kinds)
     assert len({r[0] for r in rows}) == 4 and all(3 <= r[2] <= 10 for r in rows)
+
+
+def test_demo_bundled_example_fills_image_and_caption(browser, demo_url):
+    caption = (Path(__file__).parents[1] / "examples" / "beach-post.txt").read_text().strip()
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(demo_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#generate", timeout=60_000)
+    page.get_by_text("beach-post.png").last.click()
+    page.wait_for_function("document.querySelector('#caption textarea').value.length > 0", timeout=20_000)
+    assert page.locator("#caption textarea").input_value() == caption
+    page.wait_for_selector("#image-preview img", timeout=20_000)
+    page.close()
