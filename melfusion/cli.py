@@ -58,6 +58,14 @@ def cmd_generate(args) -> int:
         raise MelFusionError(f"--out must name a .wav file, got {out}")
     if out.is_dir():
         raise MelFusionError(f"--out is a directory: {out}")
+    if args.video and Path(args.video).suffix.lower() != ".mp4":
+        raise MelFusionError(f"--video must name an .mp4 file, got {args.video}")
+    if args.video:
+        from melfusion.apps.video import ffmpeg_exe
+
+        ffmpeg_exe()  # fail before composing, not after
+    if args.spectrogram and Path(args.spectrogram).suffix.lower() != ".png":
+        raise MelFusionError(f"--spectrogram must name a .png file, got {args.spectrogram}")
     # Check the cheap things before loading any model.
     prompt = check_prompt(args.text)
     image = load_image(args.image)
@@ -71,6 +79,14 @@ def cmd_generate(args) -> int:
     result = pipe(image=image, prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, generator=generator, progress=not args.quiet)
     write_wav(out, result.audio, result.sample_rate)
+    if args.video:
+        from melfusion.apps.video import make_video
+
+        make_video(args.video, image, result.audio, result.sample_rate)
+    if args.spectrogram:
+        from melfusion.apps.spectrogram import save_spectrogram
+
+        save_spectrogram(args.spectrogram, result.log_mel)
     if not args.quiet:
         t = result.timings
         print(f"wrote {out} ({len(result.audio) / result.sample_rate:.1f} s at {result.sample_rate} Hz; "
@@ -135,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
+    g.add_argument("--video", default=None, metavar="PATH.mp4", help="also write the image with the music as a video")
+    g.add_argument("--spectrogram", default=None, metavar="PATH.png", help="also write a picture of the mel spectrogram")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     g.set_defaults(func=cmd_generate)
 
@@ -157,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_data_commands(sub)
+    try:
+        from melfusion.apps.cli import add_app_commands
+    except ImportError:
+        pass
+    else:
+        add_app_commands(sub)
     return parser
 
 

@@ -1,0 +1,199 @@
+"""`melfusion serve`: the web demo. Upload an image (or pick the bundled example), write a caption,
+choose duration, seed, steps and guidance; get a player, the spectrogram, and WAV and MP4 files.
+
+Generation requests queue, `concurrency` at a time. Bad input (no image, a file that is not an
+image, one over the size limit, an empty caption) gets a message in the page, never a traceback.
+Gradio serves only the files it was given by this app (uploads and results), never a path a
+request names; the server binds to 127.0.0.1 unless told otherwise."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from melfusion.errors import MelFusionError
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _examples() -> list[list[str]]:
+    """The bundled example posts: examples/<name>.png (or .jpg) beside <name>.txt holding the caption."""
+    out = []
+    for txt in sorted(EXAMPLES_DIR.glob("*.txt")) if EXAMPLES_DIR.is_dir() else []:
+        for ext in (".png", ".jpg", ".jpeg"):
+            img = txt.with_suffix(ext)
+            if img.is_file():
+                out.append([str(img), txt.read_text(encoding="utf-8").strip()])
+                break
+    return out
+
+
+def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    try:
+        import gradio
+    except ImportError:
+        raise MelFusionError("the web demo needs gradio: run bin/setup, or pip install gradio==6.31.0") from None
+    return gradio
+
+
+class Composer:
+    """One loaded pipeline and the folder its results go to; `__call__` does one request."""
+
+    def __init__(self, pipe, max_upload_mb: float = 10.0, out_root: str | os.PathLike | None = None):
+        self.pipe = pipe
+        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
+        self.out_root = Path(out_root or Path(tempfile.gettempdir()) / "melfusion-demo")
+        self.out_root.mkdir(parents=True, exist_ok=True)
+
+    def sweep(self, max_age_s: float = 3600.0) -> None:
+        """Remove results older than an hour (Gradio keeps its own copies for the page)."""
+        import shutil
+
+        cutoff = time.time() - max_age_s
+        for folder in self.out_root.glob("result-*"):
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
+
+    def check_image(self, path):
+        from melfusion.images import load_image
+
+        if not path:
+            raise MelFusionError("upload an image or pick an example first")
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        if size > self.max_upload_bytes:
+            raise MelFusionError(f"the image file is too large: {size / 2**20:.1f} MB "
+                                 f"(limit {self.max_upload_bytes / 2**20:.0f} MB)")
+        try:
+            return load_image(path)
+        except MelFusionError as exc:
+            # The message names a temporary upload path; the user knows which file they chose.
+            raise MelFusionError(str(exc).replace(str(path), "the uploaded file")) from None
+
+    def __call__(self, image_path, caption, duration, seed, steps, guidance):
+        import torch
+
+        from melfusion.apps.spectrogram import save_spectrogram
+        from melfusion.apps.video import make_video
+        from melfusion.audio.io import write_wav
+        from melfusion.pipeline import check_prompt
+
+        prompt = check_prompt(caption or "")
+        image = self.check_image(image_path)
+        seed = int(seed or 0)
+        if seed < 0:
+            raise MelFusionError("the seed must be a non-negative whole number")
+        self.sweep()
+        clock = time.perf_counter()
+        result = self.pipe(image=image, prompt=prompt, duration_s=float(duration), num_inference_steps=int(steps),
+                           guidance_scale=float(guidance), generator=torch.Generator().manual_seed(seed), progress=True)
+        compose_s = time.perf_counter() - clock
+        folder = Path(tempfile.mkdtemp(prefix="result-", dir=self.out_root))
+        wav = write_wav(folder / "melfusion.wav", result.audio, result.sample_rate)
+        png = save_spectrogram(folder / "spectrogram.png", result.log_mel)
+        mp4 = make_video(folder / "melfusion.mp4", image, result.audio, result.sample_rate)
+        seconds = len(result.audio) / result.sample_rate
+        status = (f"Composed {seconds:.1f} s of music in {compose_s:.1f} s "
+                  f"(seed {seed}, {int(steps)} steps, guidance {float(guidance):g}).")
+        return str(wav), str(png), str(wav), str(mp4), status
+
+
+def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_weights: bool = False):
+    gr = _gradio()
+
+    composer = Composer(pipe, max_upload_mb)
+    d = pipe.defaults
+
+    def preview(path):
+        if not path:
+            return None, ""
+        try:
+            return composer.check_image(path), ""
+        except MelFusionError as exc:
+            return None, f"**Cannot use this file:** {exc}"
+
+    def generate(image_path, caption, duration, seed, steps, guidance, progress=gr.Progress(track_tqdm=True)):
+        progress(0, desc="starting")
+        try:
+            return composer(image_path, caption, duration, seed, steps, guidance)
+        except MelFusionError as exc:
+            message = str(exc)
+        except Exception as exc:  # a bug: a short message in the page, the details in the server's log
+            print(f"melfusion serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+            message = "something went wrong while composing; please try again"
+        # The reason stays on the page beside the (cleared) results, and pops up once as a warning.
+        gr.Warning(message)
+        return None, None, None, None, f"**Cannot compose:** {message}"
+
+    with gr.Blocks(title="melfusion: music for an image and a caption", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# melfusion\nMusic for an image and a line of text (MeLFusion, CVPR 2024). Upload an image "
+                    "or pick the example, describe the music you want, and press **Generate**.")
+        if random_weights:
+            gr.Markdown("*This server runs a model with random weights: what it writes is noise-like, not music.*")
+        with gr.Row():
+            with gr.Column():
+                image = gr.File(label="Image (PNG, JPEG, WebP; at most "
+                                f"{max_upload_mb:g} MB)", file_types=["image"], type="filepath", elem_id="image-upload")
+                shown = gr.Image(label="Your image", interactive=False, height=240, elem_id="image-preview")
+                caption = gr.Textbox(label="Caption", lines=3, elem_id="caption",
+                                     placeholder="e.g. an acoustic folk song for an evening on the beach")
+                with gr.Accordion("Settings", open=False):
+                    duration = gr.Slider(1, 30, value=float(d["duration_s"]), step=0.5, label="Duration (seconds)",
+                                         elem_id="duration")
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+                    steps = gr.Slider(1, 200, value=int(d["num_inference_steps"]), step=1, label="Denoising steps",
+                                      elem_id="steps")
+                    guidance = gr.Slider(0, 10, value=float(d["guidance_scale"]), step=0.1, label="Guidance scale",
+                                         elem_id="guidance")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                examples = _examples()
+                if examples:
+                    gr.Examples(examples=examples, inputs=[image, caption], label="Example")
+            with gr.Column():
+                status = gr.Markdown(elem_id="status")
+                audio = gr.Audio(label="Music", type="filepath", interactive=False, elem_id="music")
+                spectrogram = gr.Image(label="Mel spectrogram", interactive=False, elem_id="spectrogram")
+                wav_file = gr.File(label="WAV", interactive=False, elem_id="wav-file")
+                mp4_file = gr.File(label="Video (MP4, H.264 + AAC)", interactive=False, elem_id="mp4-file")
+        image.change(preview, inputs=image, outputs=[shown, status], queue=False)
+        button.click(generate, inputs=[image, caption, duration, seed, steps, guidance],
+                     outputs=[audio, spectrogram, wav_file, mp4_file, status], concurrency_limit=concurrency)
+    return demo
+
+
+def launch(demo, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 10.0, block: bool = True,
+           max_queue: int = 32):
+    gr = _gradio()
+
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts
+    demo.queue(max_size=max_queue)
+    try:
+        demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024), share=False,
+                    show_error=False, prevent_thread_lock=not block, quiet=True, theme=theme)
+    except OSError as exc:
+        raise MelFusionError(f"cannot listen on {host}:{port}: {exc}") from None
+    return demo
+
+
+def serve(model=None, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, max_upload_mb: float = 10.0):
+    from melfusion.cli import DEFAULT_MODEL_DIR, _quiet_libraries, load_model
+
+    if concurrency < 1:
+        raise MelFusionError("--concurrency must be at least 1")
+    _gradio()  # before loading a model
+    if not 0 < max_upload_mb <= 200:
+        raise MelFusionError("--max-upload-mb must be between 0 and 200")
+    _quiet_libraries()
+    pipe = load_model(model)
+    random_weights = (model is None and not (DEFAULT_MODEL_DIR / "model_index.json").is_file()) or \
+        (model is not None and not Path(model).exists())
+    if host not in LOOPBACK:
+        print(f"note: listening on {host}, reachable from other machines", file=sys.stderr)
+    print(f"melfusion demo at http://{host}:{port}/  (Ctrl-C stops)", file=sys.stderr)
+    launch(build_demo(pipe, max_upload_mb, concurrency, random_weights), host, port, max_upload_mb, block=True)

@@ -1,0 +1,269 @@
+"""The user-study app: building a study, rating over HTTP, refusing bad and repeated ratings,
+serving only the study's files, the admin token, the report's statistics, and 20 raters at once."""
+import csv
+import io
+import math
+import re
+import sqlite3
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from apps_fixtures import SYSTEMS, RunningServer, make_generated_sets
+from melfusion.apps.study import store
+from melfusion.apps.study.build import create_study
+from melfusion.apps.study.report import report_rows, summarise, write_report
+from melfusion.cli import main
+from melfusion.errors import MelFusionError
+
+
+@pytest.fixture()
+def study(tmp_path):
+    manifest, systems = make_generated_sets(tmp_path / "sets")
+    res = create_study(manifest, systems, tmp_path / "study")
+    return tmp_path / "study", res
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+class Client:
+    """One rater: its cookie, and redirects followed by hand so a cookie set on a 303 is kept."""
+
+    def __init__(self, base):
+        self.base = base
+        self.cookie = None
+
+    def request(self, path, data=None, headers=None):
+        req = urllib.request.Request(self.base + path, data=urllib.parse.urlencode(data).encode() if data is not None else None,
+                                     headers={**({"Cookie": self.cookie} if self.cookie else {}), **(headers or {})})
+        try:
+            with _opener.open(req, timeout=30) as resp:
+                body, status, hdrs = resp.read(), resp.status, resp.headers
+        except urllib.error.HTTPError as exc:
+            body, status, hdrs = exc.read(), exc.code, exc.headers
+        if hdrs.get("Set-Cookie"):
+            self.cookie = hdrs["Set-Cookie"].split(";")[0]
+        if status == 303:
+            return self.request(hdrs["Location"])
+        return status, body.decode("utf-8", "replace") if not body[:4] in (b"RIFF", b"\x89PNG") else body
+
+    def start(self):
+        status, _ = self.request("/start", {})
+        assert status == 200 and self.cookie
+        return self.cookie.split("=", 1)[1]
+
+    def current_item(self):
+        status, body = self.request("/rate")
+        m = re.search(r"name='item' value='([0-9a-f]{16})'", body)
+        return (m.group(1) if m else None), body
+
+    def rate(self, item, scores):
+        return self.request("/rate", {"item": item, **scores})
+
+
+def scores_for(body, value=7):
+    return {m: value for m in ("OVL", "REL", "IMSM") if f"name='{m}'" in body}
+
+
+def test_create_builds_items_for_every_task_and_system_with_opaque_names(study):
+    study_dir, res = study
+    assert res["items"] == 3 * 2 * 3 and res["per_task"] == {"ovl_rel": 6, "text": 6, "imsm": 6}
+    con = sqlite3.connect(study_dir / "study.sqlite")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = con.execute("SELECT id, task, system, caption, image, audio FROM items").fetchall()
+    assert {r[2] for r in rows} == set(SYSTEMS)
+    for item_id, task, system, caption, image, audio in rows:
+        assert system not in item_id and system not in audio and re.fullmatch(r"[0-9a-f]{16}\.wav", audio)
+        assert (caption is None) == (task == "imsm") and (image is None) == (task == "text")
+    assert (study_dir / "admin-token").stat().st_mode & 0o077 == 0
+
+
+def test_create_refuses_bad_input_cleanly(tmp_path):
+    manifest, systems = make_generated_sets(tmp_path / "sets", missing={"tango": ["rec00", "rec01", "rec02"]})
+    with pytest.raises(MelFusionError, match="every system"):
+        create_study(manifest, systems, tmp_path / "s1")
+    with pytest.raises(MelFusionError, match="not found"):
+        create_study(manifest, {"x": str(tmp_path / "nope")}, tmp_path / "s2")
+    with pytest.raises(MelFusionError, match="unknown task"):
+        create_study(manifest, systems, tmp_path / "s3", tasks=["ovl_rel", "karaoke"])
+    assert not (tmp_path / "s1").exists() and not list(tmp_path.glob(".s*"))
+    assert main(["study", "create", "--manifest", str(manifest), "--system", "bad", "--out", str(tmp_path / "s4")]) == 2
+
+
+def test_a_rater_rates_every_item_once_in_a_private_order_and_rows_land_in_sqlite(study):
+    study_dir, res = study
+    with RunningServer(study_dir) as srv:
+        a, b = Client(srv.url), Client(srv.url)
+        rater_a, rater_b = a.start(), b.start()
+        assert rater_a != rater_b
+        seen = []
+        for _ in range(res["items"]):
+            item, body = a.current_item()
+            assert item and not any(name in body for name in SYSTEMS)  # system names hidden
+            status, _ = a.rate(item, scores_for(body, value=len(seen) % 10 + 1))
+            assert status == 200
+            seen.append(item)
+        item, body = a.current_item()
+        assert item is None and "Thank you" in body
+        assert len(set(seen)) == res["items"]
+        first_b, _ = b.current_item()
+        order_b = store.rater_order(seen, rater_b)
+        assert first_b == order_b[0] and order_b != store.rater_order(seen, rater_a)
+        # Rating an item again is refused and stores nothing.
+        status, body = a.rate(seen[0], {"OVL": 5, "REL": 5, "IMSM": 5})
+        assert status in (400, 409)
+    con = sqlite3.connect(study_dir / "study.sqlite")
+    rows = con.execute("SELECT rater_id, item_id, measure, score, created_at FROM ratings").fetchall()
+    assert len(rows) == 6 * 2 + 6 * 2 + 6 * 1  # OVL+REL for two tasks, IMSM for one
+    assert {r[0] for r in rows} == {rater_a} and all(r[4].startswith("20") for r in rows)
+
+
+@pytest.mark.parametrize("bad", [{"OVL": 0, "REL": 5}, {"OVL": 11, "REL": 5}, {"OVL": "7.5", "REL": 5},
+                                 {"OVL": "x", "REL": 5}, {"OVL": 5}, {}])
+def test_ratings_outside_1_to_10_or_incomplete_are_refused(study, bad):
+    study_dir, _ = study
+    con = store.connect(study_dir)
+    item = con.execute("SELECT id FROM items WHERE task = 'ovl_rel' LIMIT 1").fetchone()[0]
+    with RunningServer(study_dir) as srv:
+        c = Client(srv.url)
+        c.start()
+        status, body = c.rate(item, bad)
+        assert status == 400 and "Traceback" not in body
+        status, _ = c.rate("0123456789abcdef", {"OVL": 5, "REL": 5})  # unknown item
+        assert status == 400
+        status, _ = Client(srv.url).rate(item, {"OVL": 5, "REL": 5})  # no rater cookie
+        assert status == 403
+    assert con.execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 0
+
+
+def test_only_the_studys_media_are_served_never_a_path_from_the_request(study, tmp_path):
+    study_dir, _ = study
+    (tmp_path / "secret.txt").write_text("top secret")
+    con = store.connect(study_dir)
+    audio = con.execute("SELECT audio FROM items LIMIT 1").fetchone()[0]
+    with RunningServer(study_dir) as srv:
+        c = Client(srv.url)
+        status, body = c.request(f"/media/{audio}")
+        assert status == 200 and body[:4] == b"RIFF"
+        for attempt in ["/media/../study.sqlite", "/media/..%2fstudy.sqlite", "/media/%2e%2e/admin-token",
+                        "/media/../../secret.txt", "/../secret.txt", "/media//etc/passwd",
+                        "/media/..%2f..%2fsecret.txt", "/study.sqlite", "/admin-token", "/media/0123456789abcdef.wav"]:
+            status, body = c.request(attempt)
+            assert status == 404, attempt
+            assert "top secret" not in str(body) and "SQLite" not in str(body)
+
+
+def test_admin_pages_need_the_token(study):
+    study_dir, res = study
+    with RunningServer(study_dir) as srv:
+        c = Client(srv.url)
+        for path in ("/admin", "/admin/export.csv", "/admin/report.md", "/admin?token=wrong"):
+            assert c.request(path)[0] == 403
+        status, body = c.request("/admin/export.csv", headers={"Authorization": f"Bearer {res['token']}"})
+        assert status == 200 and body.startswith("rating_id,created_at,rater_id")
+        status, body = c.request(f"/admin?token={res['token']}")
+        assert status == 200 and "18 items" in body
+
+
+def test_report_mean_ci_and_count_on_both_scales(study):
+    study_dir, _ = study
+    con = store.connect(study_dir)
+    items = con.execute("SELECT id, system FROM items WHERE task = 'imsm'").fetchall()
+    scores = {"melfusion": [8, 9, 10], "tango": [1, 2]}
+    for k in range(3):
+        store.add_rater(con, f"rater-number-{k:04d}-xxxx")
+    # three raters give melfusion's first imsm item 8, 9, 10; two give tango's 1 and 2
+    mel = next(i for i, s in items if s == "melfusion")
+    tan = next(i for i, s in items if s == "tango")
+    for k, v in enumerate(scores["melfusion"]):
+        store.record_rating(con, f"rater-number-{k:04d}-xxxx", mel, {"IMSM": v})
+    for k, v in enumerate(scores["tango"]):
+        store.record_rating(con, f"rater-number-{k:04d}-xxxx", tan, {"IMSM": v})
+    with pytest.raises(store.AlreadyRated):
+        store.record_rating(con, "rater-number-0000-xxxx", mel, {"IMSM": 3})
+    rows = {r["system"]: r for r in report_rows(study_dir)}
+    m = rows["melfusion"]
+    assert m["n"] == 3 and m["mean"] == pytest.approx(9.0)
+    # t(0.975, 2) = 4.3027; sd = 1; half-width = 4.3027 / sqrt(3)
+    assert m["ci95_high"] - m["mean"] == pytest.approx(4.3027 / math.sqrt(3), abs=1e-3)
+    assert m["mean_100"] == pytest.approx(800 / 9) and rows["tango"]["mean_100"] == pytest.approx(50 / 9)
+    assert math.isnan(summarise([5])[1])
+    md, csv_path = write_report(study_dir)
+    assert "| imsm | melfusion | IMSM | 3 | 9.00 |" in md
+    table = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert {r["system"] for r in table} == {"melfusion", "tango"} and table[0]["mean_100"]
+
+
+def test_load_twenty_raters_at_once_every_rating_stored_none_twice(study):
+    """20 raters, each rating 6 items as fast as they can, all at the same time over HTTP; each rater
+    also replays one rating, which must be refused."""
+    import time
+
+    study_dir, _ = study
+    n_raters, per_rater = 20, 6
+    results, errors = [], []
+    barrier = threading.Barrier(n_raters)
+    with RunningServer(study_dir) as srv:
+        def rater_run():
+            try:
+                c = Client(srv.url)
+                c.start()
+                barrier.wait(30)
+                rated = []
+                for _ in range(per_rater):
+                    item, body = c.current_item()
+                    t0 = time.perf_counter()
+                    status, _ = c.rate(item, scores_for(body, value=5))
+                    results.append((status, time.perf_counter() - t0))
+                    rated.append(item)
+                status, _ = c.rate(rated[0], {"OVL": 5, "REL": 5, "IMSM": 5})
+                results.append((status, 0.0))
+            except Exception as exc:  # surfaced below
+                errors.append(repr(exc))
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=rater_run) for _ in range(n_raters)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        wall = time.perf_counter() - t0
+    assert not errors, errors[:3]
+    statuses = [s for s, _ in results]
+    assert statuses.count(200) == n_raters * per_rater
+    assert len(statuses) - statuses.count(200) == n_raters and all(s in (400, 409) for s in statuses if s != 200)
+    con = sqlite3.connect(study_dir / "study.sqlite")
+    per_item = con.execute("SELECT rater_id, item_id, COUNT(DISTINCT measure), COUNT(*) FROM ratings "
+                           "GROUP BY rater_id, item_id").fetchall()
+    assert len(per_item) == n_raters * per_rater
+    assert all(distinct == count for _, _, distinct, count in per_item)  # none twice
+    assert con.execute("SELECT COUNT(DISTINCT rater_id) FROM ratings").fetchone()[0] == n_raters
+    lat = sorted(d for s, d in results if s == 200)
+    print(f"\nload test: {n_raters} raters x {per_rater} items in {wall:.2f} s; "
+          f"{len(per_item)} rated items stored; POST latency median {lat[len(lat) // 2] * 1000:.0f} ms, "
+          f"max {lat[-1] * 1000:.0f} ms")
+
+
+def test_study_commands_from_the_command_line(tmp_path, capsys):
+    manifest, systems = make_generated_sets(tmp_path / "sets", n_records=2)
+    argv = ["study", "create", "--manifest", str(manifest), "--out", str(tmp_path / "st"), "--tasks", "imsm"]
+    for name, folder in systems.items():
+        argv += ["--system", f"{name}={folder}"]
+    assert main(argv) == 0
+    assert "4 items" in capsys.readouterr().out
+    assert main(argv) == 2  # the folder exists now
+    assert "already exists" in capsys.readouterr().err
+    assert main(["study", "report", str(tmp_path / "st")]) == 0
+    assert (tmp_path / "st" / "report.csv").is_file() and (tmp_path / "st" / "report.md").is_file()
+    assert main(["study", "export", str(tmp_path / "st"), "--out", str(tmp_path / "r.csv")]) == 0
+    assert main(["study", "report", str(tmp_path / "nope")]) == 2
