@@ -58,6 +58,11 @@ def cmd_generate(args) -> int:
         raise MelFusionError(f"--out must name a .wav file, got {out}")
     if out.is_dir():
         raise MelFusionError(f"--out is a directory: {out}")
+    folder = out.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise MelFusionError(f"cannot write {out}: {folder} is not a folder this user may write to")
     if args.video and Path(args.video).suffix.lower() != ".mp4":
         raise MelFusionError(f"--video must name an .mp4 file, got {args.video}")
     if args.video:
@@ -198,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a folder we may not write to, ...
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except MemoryError:
         print("error: out of memory (try a shorter --duration or fewer --steps)", file=sys.stderr)
         return 1

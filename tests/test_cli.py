@@ -121,3 +121,20 @@ def test_info_prints_parameter_counts_of_the_paper_preset(capsys):
     assert main(["info", "--preset", "paper"]) == 0
     out = capsys.readouterr().out
     assert "859,520,964" in out and "music unet" in out
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        # root writes anywhere; a path under a regular file fails for everyone
+        (tmp_path / "file").write_text("x")
+        target = tmp_path / "file" / "song.wav"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "song.wav"
+    code = main(["generate", "--image", str(EXAMPLE), "--text", "jazz", "--out", str(target), "--model", "tiny",
+                 "--steps", "1", "--duration", "1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: cannot write") and "\n" not in err  # before any model loads
