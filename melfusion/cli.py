@@ -193,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     # Nothing is ever fetched from a model hub; set before transformers is first imported.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    return run_command(args)
+
+
+def run_command(args) -> int:
+    """Run a parsed command; every failure becomes one `error:` line and a non-zero status."""
     try:
         return int(args.func(args) or 0)
     except MelFusionError as exc:

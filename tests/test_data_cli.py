@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from melfusion.data.cli import add_data_commands, main, run
+from melfusion.cli import run_command as run
+from melfusion.data.cli import add_data_commands, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

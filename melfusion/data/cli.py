@@ -9,7 +9,6 @@ import argparse
 import sys
 import time
 
-from melfusion.errors import MelFusionError
 
 
 def _synth(args) -> int:
@@ -94,21 +93,8 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     return data
 
 
-def run(args) -> int:
-    """Run a parsed `data` command; MelFusionError becomes `error: ...` on stderr and exit 2."""
-    try:
-        return args.func(args)
-    except MelFusionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (finished records are kept; rerun the same command to resume)", file=sys.stderr)
-        return 130
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="melfusion")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_data_commands(subparsers)
-    args = parser.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
-    return run(args)
+    """`python -m melfusion.data ARGS` is `melfusion data ARGS`."""
+    from melfusion.cli import main as melfusion_main
+
+    return melfusion_main(["data", *(sys.argv[1:] if argv is None else argv)])
