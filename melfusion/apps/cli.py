@@ -3,7 +3,6 @@
 `add_app_commands(subparsers)` registers both on the main command line."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from melfusion.errors import MelFusionError
