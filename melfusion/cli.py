@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_data_commands(sub)
+    try:
+        from melfusion.metrics.cli import add_eval_commands
+    except ImportError:
+        pass
+    else:
+        add_eval_commands(sub)
     return parser
 
 
