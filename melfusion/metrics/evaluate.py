@@ -90,9 +90,12 @@ def markdown_table(rows: dict[str, dict]) -> str:
     """Rows {method: result} in Table 1's column order (FD, KL, FAD, IMSM), then the judge's accuracies."""
     lines = ["| Method | FD ↓ | KL ↓ | FAD ↓ | IMSM ↑ | genre acc ↑ | mode acc ↑ | energy acc ↑ |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    def num(x):  # no "-0.00" from round-off (KL's 1e-6 offset makes KL(p||p) slightly negative)
+        return f"{0.0 if abs(x) < 5e-3 else x:.2f}"
+
     for name, r in rows.items():
         acc = r["accuracy"]
-        lines.append(f"| {name} | {r['fd']:.2f} | {r['kl']:.2f} | {r['fad']:.2f} | {r['imsm']:.4f} | "
+        lines.append(f"| {name} | {num(r['fd'])} | {num(r['kl'])} | {num(r['fad'])} | {r['imsm']:.4f} | "
                      f"{acc['genre']:.1%} | {acc['mode']:.1%} | {acc['energy']:.1%} |")
     n = {r["n"] for r in rows.values()}
     if len(n) == 1:

