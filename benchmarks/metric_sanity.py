@@ -54,12 +54,13 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=None, help="judge feature cache (see melfusion.metrics.judges)")
     ap.add_argument("--judges", default=None, help="judges folder (default: the shipped one)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N test records (a quick check)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here (the table goes to stdout)")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cache = Path(args.cache) if args.cache else Path(".judge-cache")
     judges = sm.load_judges(args.judges)
-    test, val = J._records(args.manifest, "test"), J._records(args.manifest, "val")
+    test, val = J._records(args.manifest, "test")[:args.limit], J._records(args.manifest, "val")
     ref = J.cached_features(test, cache, progress=False)
     val_feats = J.cached_features(val, cache, progress=False)
     images = J.cached_images(test, cache)
@@ -75,10 +76,10 @@ def main(argv=None) -> int:
         "silence": sm.features_of([np.zeros(samples, np.float32)] * n, front),
         "white noise": sm.features_of(noise, front),
     }
-    rows = {}
+    rows, memo = {}, {}
     for name, gen in sets.items():
         t0 = time.time()
-        rows[name] = evaluate_features(test, ref, gen, judges, images=images)
+        rows[name] = evaluate_features(test, ref, gen, judges, images=images, memo=memo)
         print(f"{name}: {time.time() - t0:.0f} s", file=sys.stderr)
     table = markdown_table(rows)
     print(table)

@@ -35,11 +35,12 @@ LABELS = ("genre", "mode", "energy")
 
 def evaluate_features(entries, reference: Sequence[torch.Tensor], generated: Sequence[torch.Tensor], judges,
                       images: np.ndarray | None = None, embedder=None, reference_waves=None,
-                      generated_waves=None) -> dict:
+                      generated_waves=None, memo: dict | None = None) -> dict:
     """Scores of `generated[i]` made for `entries[i]` against `reference[i]` (features `(frames, 76)`).
 
     `judges` is (AudioJudge, AudioTextJudge, ImageTextJudge); `images` `(n, 64, 64, 3)` in [0, 1]
-    (read from the entries when None). `embedder`, when given, replaces the judge for FAD and FD (and
+    (read from the entries when None). `memo`, a dict kept between calls with the same entries and
+    reference, saves recomputing the reference's outputs and the images' embeddings. `embedder`, when given, replaces the judge for FAD and FD (and
     for KL when it is an `AudioClassifier`); it needs the waves at 16 kHz.
     """
     audio, audio_text, image_text = judges
@@ -51,12 +52,14 @@ def evaluate_features(entries, reference: Sequence[torch.Tensor], generated: Seq
         raise MelFusionError(f"a Frechet distance needs at least two clips per set, got {n}")
     ref = [sm._pad_min(f) for f in reference]
     gen = [sm._pad_min(f) for f in generated]
-    ro, go = audio.outputs(None, feats=ref), audio.outputs(None, feats=gen)
+    memo = {} if memo is None else memo
+    if "reference" not in memo:
+        memo["reference"] = audio.outputs(None, feats=ref)
+    ro, go = memo["reference"], audio.outputs(None, feats=gen)
     result: dict = {"n": n}
     if embedder is None:
         result["embedder"] = "synthmel"
-        rf, gf = audio.embed_frames(None, feats=ref), audio.embed_frames(None, feats=gen)
-        result["fad"] = frechet_distance_embeddings(np.concatenate(rf), np.concatenate(gf))
+        result["fad"] = frechet_distance_embeddings(np.concatenate(ro["frames"]), np.concatenate(go["frames"]))
         result["fd"] = frechet_distance_embeddings(ro["embed"], go["embed"])
         result["kl"] = paired_kl(ro["genre"], go["genre"])["kl_softmax"]
     else:
@@ -73,9 +76,12 @@ def evaluate_features(entries, reference: Sequence[torch.Tensor], generated: Seq
     result["kl_sigmoid"] = float(kl_sigmoid_per_pair(audio.multilabel(ro), audio.multilabel(go), bernoulli=True).mean())
 
     captions = [e.record["caption"] for e in entries]
-    if images is None:
-        images = np.stack([sm.load_image_array(e.image_path) for e in entries])
-    it = similarity_logits(image_text.embed_arrays(images), image_text.embed_text(captions), image_text.logit_scale)
+    if "image_text" not in memo:
+        if images is None:
+            images = np.stack([sm.load_image_array(e.image_path) for e in entries])
+        memo["image_text"] = similarity_logits(image_text.embed_arrays(images), image_text.embed_text(captions),
+                                               image_text.logit_scale)
+    it = memo["image_text"]
     at = similarity_logits(audio_text.embed_features(gen), audio_text.embed_text(captions), audio_text.logit_scale)
     result["imsm"] = float(imsm_scores(it, at).mean())
     result["imsm_chance"] = 1.0 / n

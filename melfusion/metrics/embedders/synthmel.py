@@ -216,12 +216,14 @@ def minilm_sentence_embeddings(texts: Sequence[str], max_length: int = 128, batc
         _MINILM["enc"] = TextEncoder.from_pretrained(resolve_source(MINILM_PACKAGE), max_length=max_length)
     enc = _MINILM["enc"]
     enc.max_length = max_length
-    out = []
-    for i in range(0, len(texts), batch_size):
-        hidden, mask = enc.encode(list(texts[i:i + batch_size]))
+    memo = _MINILM.setdefault(max_length, {})  # the tower is frozen: a caption's embedding never changes
+    todo = list(dict.fromkeys(t for t in texts if t not in memo))
+    for i in range(0, len(todo), batch_size):
+        hidden, mask = enc.encode(todo[i:i + batch_size])
         m = mask[..., None].float()
-        out.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1)).numpy())
-    return np.concatenate(out).astype(np.float32)
+        for t, v in zip(todo[i:i + batch_size], ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).numpy()):
+            memo[t] = v.astype(np.float32)
+    return np.stack([memo[t] for t in texts])
 
 
 # ------------------------------------------------------------------------------------ save and load
@@ -314,21 +316,36 @@ class AudioJudge(AudioClassifier):
     def features(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         return [_pad_min(f) for f in features_of(waves, self.front)]
 
-    def outputs(self, waves: Sequence[np.ndarray], sample_rate: int | None = None,
-                feats: list[torch.Tensor] | None = None) -> dict[str, np.ndarray]:
-        """All outputs for n clips: {"embed": (n, d), genre/mode/energy/drums/instruments logits}."""
+    def outputs(self, waves: Sequence[np.ndarray] | None, sample_rate: int | None = None,
+                feats: list[torch.Tensor] | None = None) -> dict:
+        """All outputs for n clips: {"embed": (n, d), "genre", "mode", "energy", "drums", "instruments":
+        (n, k) logits, "frames": [(t_i, d)] embeddings of 1 s windows}. Pass `feats` to skip the front end."""
         if feats is None:
             feats = self.features(check_waves(waves, sample_rate, self.sample_rate))
+        feats = [_pad_min(f) for f in feats]
         n = len(feats)
-        result: dict[str, np.ndarray] = {}
+        result: dict = {"frames": [None] * n}
         with torch.no_grad():
             for idx, batch in _stack_same_length(feats):
                 for j in range(0, len(idx), 16):
-                    e, logits = self.net(batch[j:j + 16])
+                    rows = idx[j:j + 16]
+                    h = self.net.encoder.frame_features(batch[j:j + 16])       # (b, C, t)
+                    e = self.net.embed(self.net.encoder.pool(h))
+                    logits = {k: head(e) for k, head in self.net.heads.items()}
                     for key, val in [("embed", e)] + list(logits.items()):
                         arr = result.setdefault(key, np.zeros((n, val.shape[1]), np.float32))
-                        arr[idx[j:j + 16]] = val.numpy()
+                        arr[rows] = val.numpy()
+                    for r, w in zip(rows, self._windows(h)):
+                        result["frames"][r] = w
         return result
+
+    def _windows(self, h: torch.Tensor) -> list[np.ndarray]:
+        """Embeddings of 1 s windows of `(b, C, t)` frame features (a last partial window kept if >= 0.5 s)."""
+        win = FRAMES_PER_SECOND // 8  # frame features are at 1/8 of the feature rate
+        t = h.shape[2]
+        starts = [s for s in range(0, t, win) if t - s >= win // 2] or [0]
+        pooled = torch.stack([self.net.encoder.pool(h[:, :, s:s + win]) for s in starts], dim=1)  # (b, w, 2C)
+        return list(self.net.embed(pooled).numpy())
 
     def _embed(self, waves):
         return self.outputs(waves)["embed"]
@@ -336,21 +353,9 @@ class AudioJudge(AudioClassifier):
     def _label_logits(self, waves):
         return self.outputs(waves)["genre"]
 
-    def embed_frames(self, waves: Sequence[np.ndarray], sample_rate: int | None = None,
-                     feats: list[torch.Tensor] | None = None) -> list[np.ndarray]:
-        """One embedding per 1 s window (the last partial window kept if at least 0.5 s): [(t_i, d)]."""
-        if feats is None:
-            feats = self.features(check_waves(waves, sample_rate, self.sample_rate))
-        out = []
-        win = FRAMES_PER_SECOND // 8  # frame features are at 1/8 of the feature rate
-        with torch.no_grad():
-            for f in feats:
-                h = self.net.encoder.frame_features(f[None])[0]          # (C, t)
-                t = h.shape[1]
-                starts = [s for s in range(0, t, win) if t - s >= win // 2] or [0]
-                pooled = torch.stack([self.net.encoder.pool(h[None, :, s:s + win])[0] for s in starts])
-                out.append(self.net.embed(pooled).numpy())
-        return out
+    def embed_frames(self, waves: Sequence[np.ndarray], sample_rate: int | None = None) -> list[np.ndarray]:
+        """One embedding per 1 s window: [(t_i, d)]."""
+        return self.outputs(waves, sample_rate)["frames"]
 
     @staticmethod
     def multilabel(outputs: dict[str, np.ndarray]) -> np.ndarray:
