@@ -174,7 +174,7 @@ def train_audio(manifest, out, cache=None, epochs=None, seed=0, log=print) -> di
 
 # ----------------------------------------------------------------------------- contrastive models
 
-CONTRASTIVE_DEFAULTS = {"audio_text": dict(epochs=24, batch_size=64, lr=2e-3, crop_s=(2.0, 4.0), gain_db=6.0),
+CONTRASTIVE_DEFAULTS = {"audio_text": dict(epochs=14, batch_size=64, lr=2e-3, crop_s=(2.0, 4.0), gain_db=6.0),
                         "image_text": dict(epochs=40, batch_size=64, lr=2e-3)}
 
 
