@@ -155,7 +155,7 @@ def train_audio(manifest, out, cache=None, epochs=None, seed=0, log=print) -> di
             frames = int(rng.uniform(*hp["crop_s"]) * sm.FRAMES_PER_SECOND)
             x = _crop_batch(feats, idx, rng, frames, hp["gain_db"])
             _, logits = net(x)
-            loss = (ce(logits["genre"], y["genre"][idx]) + ce(logits["mode"], y["mode"][idx])
+            loss = (ce(logits["genre"], y["genre"][idx]) + 2 * ce(logits["mode"], y["mode"][idx])
                     + ce(logits["energy"], y["energy"][idx]) + bce(logits["drums"], y["drums"][idx])
                     + bce(logits["instruments"], y["instruments"][idx]))
             opt.zero_grad()

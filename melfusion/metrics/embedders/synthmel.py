@@ -95,13 +95,14 @@ def features_of(waves: Sequence[np.ndarray], front: JudgeFrontEnd | None = None)
 class AudioEncoder(nn.Module):
     """A CNN over `(batch, frames, 76)` features; time is pooled late so 1 s windows can be pooled alike.
 
-    `frame_features(x) -> (batch, channels, frames / 8)`; `pool(h) -> (batch, 2 * channels)` (mean and max).
+    `frame_features(x) -> (batch, channels + 12, frames / 8)`; `pool(h) -> (batch, pooled_dim)` (mean and
+    max over time, and key-template matches of the pitch-class profile).
     The mel plane is a 2-D CNN (time x frequency); the pitch-class rows go through a circular
     convolution over the 12 classes and a max over them, which makes them key-invariant: a mode
     is a shape of the profile, not a position.
     """
 
-    def __init__(self, channels: int = 96, chroma_channels: int = 32):
+    def __init__(self, channels: int = 96, chroma_channels: int = 32, templates: int = 16):
         super().__init__()
 
         def block(cin, cout, pool):
@@ -116,31 +117,54 @@ class AudioEncoder(nn.Module):
         self.chroma = nn.Sequential(nn.Conv2d(1, chroma_channels, (12, 5), padding=(0, 2)), nn.ReLU())
         self.chroma_mix = nn.Sequential(nn.Conv1d(chroma_channels, chroma_channels, 5, padding=2), nn.ReLU())
         self.channels = channels + chroma_channels
+        # The contrastive audio tower goes without templates (templates=0).
+        self.templates = nn.Parameter(0.3 * torch.randn(templates, N_CHROMA)) if templates else None
+        self.register_buffer("rotation_index", (torch.arange(12)[:, None] + torch.arange(12)[None]) % 12,
+                             persistent=False)
 
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`(batch, frames, 76)` -> `(batch, channels + 12, frames / 8)`; the last 12 rows are the
+        pitch-class shares averaged over each step, kept for the key profile in `pool`."""
         mel, chroma = x[..., :N_MELS], x[..., N_MELS:]
         h = self.mel(mel[:, None])                                        # (batch, C, frames/8, mels/16)
         h = h.mean(dim=3)                                                 # (batch, C, frames/8)
+        t = h.shape[2]
         chroma = nn.functional.avg_pool1d(chroma.transpose(1, 2), 4, 4)   # (batch, 12, frames/4)
         c = chroma[:, None]                                               # (batch, 1, 12, frames/4)
         c = torch.cat([c, c[:, :, :11]], dim=2)                           # circular over the 12 classes
         c = self.chroma(c)                                                # (batch, Cc, 12, frames/4)
         c = c.max(dim=2).values                                           # key-invariant
-        c = nn.functional.avg_pool1d(c, 2, 2)
-        c = nn.functional.pad(c, (0, max(0, h.shape[2] - c.shape[2])))[..., :h.shape[2]]
-        c = self.chroma_mix(c)
-        return torch.cat([h, c], dim=1)
+        c = self.chroma_mix(self._to_steps(nn.functional.avg_pool1d(c, 2, 2), t))
+        share = self._to_steps(nn.functional.avg_pool1d(x[..., N_MELS:].exp().transpose(1, 2) / N_CHROMA, 8, 8), t)
+        return torch.cat([h, c, share], dim=1)
 
     @staticmethod
-    def pool(h: torch.Tensor) -> torch.Tensor:
-        return torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+    def _to_steps(x: torch.Tensor, t: int) -> torch.Tensor:
+        return nn.functional.pad(x, (0, max(0, t - x.shape[2])))[..., :t]
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """`(batch, channels + 12, t)` -> `(batch, 2 * channels + templates)`: mean and max over time,
+        and the best match over the 12 keys of each learned template to the span's pitch-class profile
+        (a Krumhansl-style key finder: the profile of a mode is the same shape in every key)."""
+        f, share = h[:, :-N_CHROMA], h[:, -N_CHROMA:]
+        if self.templates is None:
+            return torch.cat([f.mean(dim=2), f.amax(dim=2)], dim=1)
+        profile = torch.log(share.mean(dim=2) * N_CHROMA + 1e-3)          # (batch, 12)
+        profile = profile - profile.mean(dim=1, keepdim=True)
+        rotations = profile[:, self.rotation_index]                       # (batch, 12 keys, 12)
+        keys = (rotations @ self.templates.T).amax(dim=1)                 # (batch, templates)
+        return torch.cat([f.mean(dim=2), f.amax(dim=2), keys], dim=1)
+
+    @property
+    def pooled_dim(self) -> int:
+        return 2 * self.channels + (0 if self.templates is None else self.templates.shape[0])
 
 
 class AudioJudgeNet(nn.Module):
     def __init__(self, n_instruments: int, channels: int = 96, embed_dim: int = 128):
         super().__init__()
         self.encoder = AudioEncoder(channels)
-        self.embed = nn.Sequential(nn.Linear(2 * self.encoder.channels, embed_dim), nn.ReLU())
+        self.embed = nn.Sequential(nn.Linear(self.encoder.pooled_dim, embed_dim), nn.ReLU())
         self.dropout = nn.Dropout(0.3)
         self.heads = nn.ModuleDict({
             "genre": nn.Linear(embed_dim, len(GENRES)), "mode": nn.Linear(embed_dim, 2),
@@ -158,8 +182,8 @@ class AudioJudgeNet(nn.Module):
 class SmallAudioTower(nn.Module):
     def __init__(self, dim: int, channels: int = 48):
         super().__init__()
-        self.encoder = AudioEncoder(channels, chroma_channels=16)
-        self.proj = nn.Sequential(nn.Linear(2 * self.encoder.channels, 256), nn.ReLU(), nn.Linear(256, dim))
+        self.encoder = AudioEncoder(channels, chroma_channels=16, templates=0)
+        self.proj = nn.Sequential(nn.Linear(self.encoder.pooled_dim, 256), nn.ReLU(), nn.Linear(256, dim))
 
     def forward(self, x):
         return self.proj(self.encoder.pool(self.encoder.frame_features(x)))
