@@ -199,7 +199,7 @@ class SmallImageTower(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
 
         self.cnn = nn.Sequential(block(3, 32), block(32, 64), block(64, 96), block(96, 128))
-        self.proj = nn.Sequential(nn.Linear(2 * 128 + 6, 256), nn.ReLU(), nn.Linear(256, dim))
+        self.proj = nn.Sequential(nn.Linear(2 * 128 + 6, 256), nn.ReLU(), nn.Dropout(0.3), nn.Linear(256, dim))
 
     def forward(self, x):
         h = self.cnn(x)
