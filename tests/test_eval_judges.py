@@ -96,7 +96,7 @@ def test_identical_sets_score_zero_and_a_shifted_set_scores_worse(judges, tmp_pa
     assert 0 < same["imsm"] <= same["imsm_ceiling"] + 1e-9
     table = markdown_table({"same": same, "noisy": other})
     assert table.splitlines()[0].startswith("| Method | FD ↓ | KL ↓ | FAD ↓ | IMSM ↑")
-    assert "| same | 0.00 | 0.00 | 0.00 |" in table
+    assert "| same | 0.00 | 0.00 | 0.00 |" in table and "IMSM×n" in table
 
 
 def test_fewer_than_two_clips_is_refused(judges, tmp_path):
