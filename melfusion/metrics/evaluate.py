@@ -40,7 +40,8 @@ def evaluate_features(entries, reference: Sequence[torch.Tensor], generated: Seq
 
     `judges` is (AudioJudge, AudioTextJudge, ImageTextJudge); `images` `(n, 64, 64, 3)` in [0, 1]
     (read from the entries when None). `memo`, a dict kept between calls with the same entries and
-    reference, saves recomputing the reference's outputs and the images' embeddings. `embedder`, when given, replaces the judge for FAD and FD (and
+    reference, saves recomputing the reference's outputs and the images' embeddings. `embedder`, when
+    given, replaces the judge for FAD and FD (and
     for KL when it is an `AudioClassifier`); it needs the waves at 16 kHz.
     """
     audio, audio_text, image_text = judges
@@ -96,14 +97,16 @@ def markdown_table(rows: dict[str, dict]) -> str:
     """Rows {method: result} in Table 1's column order (FD, KL, FAD, IMSM), then the judge's accuracies."""
     # IMSM x n beside IMSM: 1 is chance, e n / (e + n - 1) the ceiling; at n in the hundreds the
     # raw figure differs only in the fifth decimal (docs/metrics.md, "Caution").
-    lines = ["| Method | FD ↓ | KL ↓ | FAD ↓ | IMSM ↑ | IMSM×n ↑ | genre acc ↑ | mode acc ↑ | energy acc ↑ |",
+    lines = ["| Method | FD ↓ | KL ↓ | FAD ↓ | IMSM ↑ | IMSM×n ↑ "
+             "| genre acc ↑ | mode acc ↑ | energy acc ↑ |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     def num(x):  # no "-0.00" from round-off (KL's 1e-6 offset makes KL(p||p) slightly negative)
         return f"{0.0 if abs(x) < 5e-3 else x:.2f}"
 
     for name, r in rows.items():
         acc = r["accuracy"]
-        lines.append(f"| {name} | {num(r['fd'])} | {num(r['kl'])} | {num(r['fad'])} | {r['imsm']:.6f} | {r['imsm'] * r['n']:.5f} | "
+        lines.append(f"| {name} | {num(r['fd'])} | {num(r['kl'])} | {num(r['fad'])} | {r['imsm']:.6f} | "
+                     f"{r['imsm'] * r['n']:.5f} | "
                      f"{acc['genre']:.1%} | {acc['mode']:.1%} | {acc['energy']:.1%} |")
     n = {r["n"] for r in rows.values()}
     if len(n) == 1:

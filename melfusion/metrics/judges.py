@@ -252,7 +252,8 @@ def train_contrastive(kind, manifest, out, cache=None, epochs=None, seed=0, log=
 # ------------------------------------------------------------------------------------------ report
 
 def recall_at_1(a: np.ndarray, b: np.ndarray, batch: int = 100) -> float:
-    """Mean recall@1 of retrieving b_i from a_i among consecutive blocks of `batch` items (last block dropped if short)."""
+    """Mean recall@1 of retrieving b_i from a_i within consecutive blocks of `batch` items
+    (a last, shorter block is left out so chance is exactly 1 / batch)."""
     hits, n = 0, 0
     for s in range(0, len(a) - batch + 1, batch):
         sim = a[s:s + batch] @ b[s:s + batch].T
