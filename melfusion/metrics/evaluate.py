@@ -41,8 +41,8 @@ def evaluate_features(entries, reference: Sequence[torch.Tensor], generated: Seq
     `judges` is (AudioJudge, AudioTextJudge, ImageTextJudge); `images` `(n, 64, 64, 3)` in [0, 1]
     (read from the entries when None). `memo`, a dict kept between calls with the same entries and
     reference, saves recomputing the reference's outputs and the images' embeddings. `embedder`, when
-    given, replaces the judge for FAD and FD (and
-    for KL when it is an `AudioClassifier`); it needs the waves at 16 kHz.
+    given, replaces the judge for FAD and FD (and for KL when it is an `AudioClassifier`); it needs the
+    waves at 16 kHz.
     """
     audio, audio_text, image_text = judges
     n = len(entries)
