@@ -174,18 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
 
-    try:
-        from melfusion.data.cli import add_data_commands
-    except ImportError:
-        pass
-    else:
-        add_data_commands(sub)
-    try:
-        from melfusion.apps.cli import add_app_commands
-    except ImportError:
-        pass
-    else:
-        add_app_commands(sub)
+    from melfusion.apps.cli import add_app_commands
+    from melfusion.data.cli import add_data_commands
+    from melfusion.metrics.cli import add_eval_commands
+
+    add_data_commands(sub)
+    add_eval_commands(sub)
+    add_app_commands(sub)
     return parser
 
 

@@ -59,10 +59,16 @@ def _clip(path, **options):
     return CLIP.from_pretrained(path, **options)
 
 
+def _synthmel(path, **options):
+    from melfusion.metrics.embedders.synthmel import load_synthmel
+    return load_synthmel(path, **options)
+
+
 register_embedder("vggish", _vggish)
 register_embedder("panns", _panns)
 register_embedder("clap", _clap)
 register_embedder("clip", _clip)
+register_embedder("synthmel", _synthmel)  # "synthmel:default" is the judge shipped in melfusion/assets/judges
 
 __all__ = ["AudioEmbedder", "AudioClassifier", "TextAudioModel", "ImageTextModel", "check_waves",
            "load_embedder", "register_embedder", "embedder_kinds"]

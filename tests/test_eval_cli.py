@@ -1,0 +1,122 @@
+"""`melfusion generate-set` and `melfusion evaluate`: resumable, deterministic generation; clear refusals."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from eval_fixtures import make_judges, make_manifest, tone
+from melfusion.cli import main
+from melfusion.metrics.cli import record_seed
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    manifest = make_manifest(root / "set", n=3)
+    judges = make_judges(root / "judges")
+    gen = root / "gen"
+    gen.mkdir()
+    for i in range(3):  # "generated" clips: the references with a little noise
+        sf.write(gen / f"fx-{i:03d}.wav", tone(220.0 * (1 + i / 4), 2.0, noise=0.05, seed=i), 16000)
+    return manifest, judges, gen
+
+
+def _generate(manifest, out, *extra):
+    return main(["generate-set", "--manifest", str(manifest), "--split", "test", "--model", "tiny", "--out", str(out),
+                 "--steps", "2", "--duration", "1.0", "--quiet", *extra])
+
+
+def test_record_seeds_depend_on_the_id_and_the_seed_only():
+    assert record_seed("a", 0) == record_seed("a", 0)
+    assert len({record_seed("a", 0), record_seed("b", 0), record_seed("a", 1)}) == 3
+
+
+def test_generate_set_is_resumable_and_deterministic(fixture, tmp_path, capsys):
+    manifest = fixture[0]
+    assert _generate(manifest, tmp_path / "a", "--limit", "1") == 0
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["fx-000.wav"]
+    first = (tmp_path / "a" / "fx-000.wav").stat().st_mtime_ns
+    capsys.readouterr()
+    # A rerun over the whole split makes only the missing clips and leaves the other alone.
+    assert _generate(manifest, tmp_path / "a") == 0
+    assert "2 made, 1 already there" in capsys.readouterr().err
+    assert (tmp_path / "a" / "fx-000.wav").stat().st_mtime_ns == first
+    assert not list((tmp_path / "a").glob(".tmp-*"))
+    # fx-002 made first in another run (the others already there) has the same bytes: its seed is its id's.
+    (tmp_path / "b").mkdir()
+    for name in ("fx-000.wav", "fx-001.wav"):
+        (tmp_path / "b" / name).write_bytes(b"placeholder")
+    assert _generate(manifest, tmp_path / "b") == 0
+    assert (tmp_path / "a" / "fx-002.wav").read_bytes() == (tmp_path / "b" / "fx-002.wav").read_bytes()
+    wave, rate = sf.read(tmp_path / "b" / "fx-002.wav")
+    assert rate == 16000 and wave.shape == (16000,)
+    assert (tmp_path / "a" / "fx-001.wav").read_bytes() != (tmp_path / "a" / "fx-002.wav").read_bytes()
+
+
+def test_evaluate_writes_a_json_report_and_a_table(fixture, tmp_path, capsys):
+    manifest, judges, gen = fixture
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "--generated", str(gen), "--reference", str(manifest), "--split", "test",
+                 "--judges", str(judges), "--name", "noisy", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == 3 and report["embedder"] == "synthmel"
+    for key in ("fad", "fd", "kl", "kl_sigmoid", "imsm"):
+        assert np.isfinite(report[key])
+    assert report["fd"] > 0 and 0 < report["imsm"] <= report["imsm_ceiling"]
+    assert set(report["accuracy"]) == {"genre", "mode", "energy"}
+    table = capsys.readouterr().out
+    assert "| noisy |" in table and (tmp_path / "report.md").read_text().startswith("| Method | FD")
+
+
+def _evaluate(fixture, gen, tmp_path, *extra):
+    manifest, judges, _ = fixture
+    return main(["evaluate", "--generated", str(gen), "--reference", str(manifest), "--judges", str(judges),
+                 "--out", str(tmp_path / "r.json"), *extra])
+
+
+def _copy(gen, dest, names):
+    dest.mkdir()
+    for n in names:
+        shutil.copy(gen / n, dest / n)
+    return dest
+
+
+def test_evaluate_refuses_clips_without_a_reference(fixture, tmp_path, capsys):
+    gen = _copy(fixture[2], tmp_path / "g", ["fx-000.wav", "fx-001.wav", "fx-002.wav"])
+    shutil.copy(gen / "fx-000.wav", gen / "other-9.wav")
+    assert _evaluate(fixture, gen, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "no reference record" in err and "other-9.wav" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_refuses_missing_clips_unless_asked_for_a_subset(fixture, tmp_path, capsys):
+    gen = _copy(fixture[2], tmp_path / "g", ["fx-000.wav", "fx-002.wav"])
+    assert _evaluate(fixture, gen, tmp_path) == 2
+    assert "no generated clip, e.g. fx-001.wav" in capsys.readouterr().err
+    assert _evaluate(fixture, gen, tmp_path, "--subset") == 0
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 2
+
+
+def test_evaluate_refuses_a_single_clip(fixture, tmp_path, capsys):
+    gen = _copy(fixture[2], tmp_path / "g", ["fx-001.wav"])
+    assert _evaluate(fixture, gen, tmp_path, "--subset") == 2
+    assert "at least two clips" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_an_empty_or_missing_folder(fixture, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _evaluate(fixture, tmp_path / "empty", tmp_path) == 2
+    assert "no .wav files" in capsys.readouterr().err
+    assert _evaluate(fixture, tmp_path / "nowhere", tmp_path) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_evaluate_resamples_other_rates_and_says_so(fixture, tmp_path, capsys):
+    gen = _copy(fixture[2], tmp_path / "g", ["fx-000.wav", "fx-001.wav"])
+    sf.write(gen / "fx-002.wav", tone(275.0, 2.0, rate=22050), 22050)
+    assert _evaluate(fixture, gen, tmp_path) == 0
+    assert "1 generated clip(s) at 22050 Hz resampled to 16000 Hz" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r.json").read_text())["resampled_clips"] == 1
