@@ -8,7 +8,7 @@ import soundfile as sf
 
 from eval_fixtures import make_judges, make_manifest, tone
 from melfusion.cli import main
-from melfusion.metrics.cli import record_seed
+from melfusion.metrics.cli import record_seed, shuffled_images
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,19 @@ def test_evaluate_resamples_other_rates_and_says_so(fixture, tmp_path, capsys):
     assert _evaluate(fixture, gen, tmp_path) == 0
     assert "1 generated clip(s) at 22050 Hz resampled to 16000 Hz" in capsys.readouterr().err
     assert json.loads((tmp_path / "r.json").read_text())["resampled_clips"] == 1
+
+
+def test_shuffled_images_give_every_record_another_records_image():
+    ids = [f"r{i}" for i in range(50)]
+    pairing = shuffled_images(ids, 3)
+    assert sorted(pairing) == sorted(ids) == sorted(pairing.values())  # a permutation
+    assert all(pairing[i] != i for i in ids)  # and no record keeps its own image
+    assert pairing == shuffled_images(ids, 3) and pairing != shuffled_images(ids, 4)
+
+
+def test_generate_set_with_shuffled_images_changes_the_clips(fixture, tmp_path):
+    manifest = fixture[0]
+    assert _generate(manifest, tmp_path / "plain", "--limit", "1") == 0
+    assert _generate(manifest, tmp_path / "shuffled", "--limit", "1", "--shuffle-images", "0") == 0
+    a = (tmp_path / "plain" / "fx-000.wav").read_bytes()
+    assert a != (tmp_path / "shuffled" / "fx-000.wav").read_bytes()

@@ -21,6 +21,17 @@ def record_seed(record_id: str, seed: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def shuffled_images(ids: list[str], seed: int) -> dict[str, str]:
+    """The appendix E.5 control: each record borrows another record's image (never its own).
+
+    One random cycle through the whole split, so the pairing does not depend on --limit.
+    """
+    import numpy as np
+
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), 5]).generate_state(1)[0]).permutation(len(ids))
+    return {ids[order[k]]: ids[order[(k + 1) % len(ids)]] for k in range(len(ids))}
+
+
 def _generate_set(args) -> int:
     import torch
     from tqdm import tqdm
@@ -37,7 +48,14 @@ def _generate_set(args) -> int:
         raise MelFusionError("--limit must be at least 1")
     if args.duration is not None:
         check_duration(args.duration)
-    entries = load_reference(args.manifest, args.split)[:args.limit]
+    split = load_reference(args.manifest, args.split)
+    entries = split[:args.limit]
+    image_of = {e.id: e for e in split}
+    if args.shuffle_images is not None:
+        if len(split) < 2:
+            raise MelFusionError("--shuffle-images needs at least two records in the split")
+        borrowed = shuffled_images([e.id for e in split], args.shuffle_images)
+        image_of = {rid: image_of[other] for rid, other in borrowed.items()}
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MelFusionError(f"--out must be a folder: {out}")
@@ -51,7 +69,7 @@ def _generate_set(args) -> int:
     bar = tqdm(todo, desc="generate-set", unit="clip", disable=args.quiet, file=sys.stderr)
     for e in bar:
         generator = torch.Generator().manual_seed(record_seed(e.id, args.seed))
-        result = pipe(image=load_image(e.image_path), prompt=check_prompt(e.record["caption"]),
+        result = pipe(image=load_image(image_of[e.id].image_path), prompt=check_prompt(e.record["caption"]),
                       duration_s=args.duration, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       generator=generator, progress=False)
         write_wav(out / f"{e.id}.wav", result.audio, result.sample_rate)  # atomic: a crash leaves no partial file
@@ -89,6 +107,8 @@ def add_eval_commands(sub) -> None:
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
     g.add_argument("--seed", type=int, default=0, help="each record's seed is a hash of this and its id")
+    g.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
+                   help="the control of appendix E.5: give each record another record's image")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_generate_set)
 
