@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
     tr.add_argument("--quiet", action="store_true")
-    tr.set_defaults(func=cmd_train)
+    tr.set_defaults(func=cmd_train, on_interrupt="checkpoints are kept; rerun with --resume to continue")
 
     from melfusion.apps.cli import add_app_commands
     from melfusion.data.cli import add_data_commands
@@ -200,7 +200,8 @@ def run_command(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        hint = getattr(args, "on_interrupt", None)
+        print("error: interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130
     except OSError as exc:  # a full disk, a folder we may not write to, ...
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""

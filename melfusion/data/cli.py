@@ -63,7 +63,7 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--soundfont", default="/usr/share/sounds/sf2/TimGM6mb.sf2")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_synth)
+    p.set_defaults(func=_synth, on_interrupt="finished records are kept; rerun the same command to resume")
 
     p = sub.add_parser("check", help="check a manifest and its files; non-zero exit on errors")
     p.add_argument("manifest")

@@ -110,7 +110,7 @@ def add_eval_commands(sub) -> None:
     g.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
                    help="the control of appendix E.5: give each record another record's image")
     g.add_argument("--quiet", action="store_true")
-    g.set_defaults(func=_generate_set)
+    g.set_defaults(func=_generate_set, on_interrupt="finished clips are kept; rerun the same command to resume")
 
     e = sub.add_parser("evaluate", help="FAD, FD, KL, IMSM and judge accuracy of generated clips")
     e.add_argument("--generated", required=True, help="folder of <id>.wav clips")
