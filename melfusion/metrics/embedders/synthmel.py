@@ -311,7 +311,23 @@ def _pad_min(f: torch.Tensor) -> torch.Tensor:
     return torch.cat([f, pad])
 
 
-class AudioJudge(AudioClassifier):
+class SavedJudge:
+    """Loading and saving shared by the three judges; each names its `kind`."""
+
+    kind: str
+
+    @classmethod
+    def from_pretrained(cls, directory, **_options):
+        config, state = _read_judge(directory, cls.kind)
+        net = build_net(config)
+        net.load_state_dict(state)
+        return cls(net, config)
+
+    def save_pretrained(self, directory) -> Path:
+        return save_judge(self.net, directory, self.config)
+
+
+class AudioJudge(SavedJudge, AudioClassifier):
     """The SynthMeL audio judge. `embed` (n, 128) per clip; `embed_frames` [(t_i, 128)] per 1 s window;
     `label_logits` (n, 15) genre logits (softmax KL); `multilabel_logits` (n, 2 + 2 + 1 + k) for the
     sigmoid KL; `predict` the label names."""
@@ -327,15 +343,7 @@ class AudioJudge(AudioClassifier):
         self.num_labels = len(GENRES)
         self.front = JudgeFrontEnd()
 
-    @classmethod
-    def from_pretrained(cls, directory, **_options) -> "AudioJudge":
-        config, state = _read_judge(directory, "audio")
-        net = build_net(config)
-        net.load_state_dict(state)
-        return cls(net, config)
-
-    def save_pretrained(self, directory) -> Path:
-        return save_judge(self.net, directory, self.config)
+    kind = "audio"
 
     def features(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         return [_pad_min(f) for f in features_of(waves, self.front)]
@@ -398,7 +406,7 @@ class AudioJudge(AudioClassifier):
                                 for row in outputs["instruments"]]}
 
 
-class AudioTextJudge(TextAudioModel):
+class AudioTextJudge(SavedJudge, TextAudioModel):
     """CLAP-like SynthMeL model: `embed_audio` / `embed_text` unit vectors, `logit_scale`."""
 
     name = "synthmel-audio-text"
@@ -411,15 +419,7 @@ class AudioTextJudge(TextAudioModel):
         self.logit_scale = float(net.log_scale.detach().exp())
         self.front = JudgeFrontEnd()
 
-    @classmethod
-    def from_pretrained(cls, directory, **_options) -> "AudioTextJudge":
-        config, state = _read_judge(directory, "audio_text")
-        net = build_net(config)
-        net.load_state_dict(state)
-        return cls(net, config)
-
-    def save_pretrained(self, directory) -> Path:
-        return save_judge(self.net, directory, self.config)
+    kind = "audio_text"
 
     def embed_features(self, feats: list[torch.Tensor]) -> np.ndarray:
         feats = [_pad_min(f) for f in feats]
@@ -453,7 +453,7 @@ def load_image_array(image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-class ImageTextJudge(ImageTextModel):
+class ImageTextJudge(SavedJudge, ImageTextModel):
     """CLIP-like SynthMeL model: `embed_image` / `embed_text` unit vectors, `logit_scale`."""
 
     name = "synthmel-image-text"
@@ -464,15 +464,7 @@ class ImageTextJudge(ImageTextModel):
         self.dim = config.get("dim", 128)
         self.logit_scale = float(net.log_scale.detach().exp())
 
-    @classmethod
-    def from_pretrained(cls, directory, **_options) -> "ImageTextJudge":
-        config, state = _read_judge(directory, "image_text")
-        net = build_net(config)
-        net.load_state_dict(state)
-        return cls(net, config)
-
-    def save_pretrained(self, directory) -> Path:
-        return save_judge(self.net, directory, self.config)
+    kind = "image_text"
 
     def embed_arrays(self, arrays: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(arrays, dtype=np.float32)).permute(0, 3, 1, 2)
