@@ -162,8 +162,8 @@ class MelFusionPipeline:
 
     @torch.no_grad()
     def __call__(self, image, prompt, duration_s: float | None = None, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 inversion_steps: int | None = None, progress: bool = True) -> MelFusionOutput:
+                 guidance_scale: float | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None, progress: bool = True) -> MelFusionOutput:
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -207,7 +207,13 @@ class MelFusionPipeline:
         frames = self.frames_for(duration_s)
         f = self.audio_vae.factor
         shape = (b, self.audio_vae.latent_channels, frames // f, self.mel.n_mels // f)
-        latents = torch.randn(shape, generator=generator)
+        if isinstance(generator, (list, tuple)):
+            # One generator per clip: a clip's noise is the same whatever batch it is made in.
+            if len(generator) != b:
+                raise MelFusionError(f"{len(generator)} generators for {b} captions")
+            latents = torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
+        else:
+            latents = torch.randn(shape, generator=generator)
         scheduler = DDIMScheduler.from_config(self.music.scheduler_config)
         scheduler.set_timesteps(steps)
         latents = latents * scheduler.init_noise_sigma

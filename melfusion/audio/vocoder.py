@@ -68,7 +68,8 @@ class GriffinLimVocoder(Vocoder):
         magnitude = self.linear_magnitude(mel)
         length = (log_mel.shape[1] - 1) * self.mel.hop_length
         gen = torch.Generator().manual_seed(0)
-        phase = torch.rand(magnitude.shape, generator=gen) * 2 * math.pi
+        # The same starting phase for every clip of a batch, so a clip never depends on its batch.
+        phase = torch.rand(magnitude.shape[1:], generator=gen).expand_as(magnitude) * 2 * math.pi
         spec = magnitude * torch.exp(1j * phase.to(magnitude.device))
         previous = torch.zeros_like(spec)
         for _ in range(self.n_iter):

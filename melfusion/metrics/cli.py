@@ -46,6 +46,8 @@ def _generate_set(args) -> int:
         raise MelFusionError("--seed must be a non-negative integer")
     if args.limit is not None and args.limit < 1:
         raise MelFusionError("--limit must be at least 1")
+    if args.batch_size < 1:
+        raise MelFusionError("--batch-size must be at least 1")
     if args.duration is not None:
         check_duration(args.duration)
     split = load_reference(args.manifest, args.split)
@@ -66,13 +68,19 @@ def _generate_set(args) -> int:
     _quiet_libraries()
     pipe = load_model(args.model, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(todo, desc="generate-set", unit="clip", disable=args.quiet, file=sys.stderr)
-    for e in bar:
-        generator = torch.Generator().manual_seed(record_seed(e.id, args.seed))
-        result = pipe(image=load_image(image_of[e.id].image_path), prompt=check_prompt(e.record["caption"]),
+    bar = tqdm(total=len(todo), desc="generate-set", unit="clip", disable=args.quiet, file=sys.stderr)
+    for start in range(0, len(todo), args.batch_size):
+        batch = todo[start:start + args.batch_size]
+        # One generator per record, seeded by its id: a clip is the same in any batch and any run.
+        generators = [torch.Generator().manual_seed(record_seed(e.id, args.seed)) for e in batch]
+        result = pipe(image=[load_image(image_of[e.id].image_path) for e in batch],
+                      prompt=[check_prompt(e.record["caption"]) for e in batch],
                       duration_s=args.duration, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      generator=generator, progress=False)
-        write_wav(out / f"{e.id}.wav", result.audio, result.sample_rate)  # atomic: a crash leaves no partial file
+                      generator=generators, progress=False)
+        for e, audio in zip(batch, result.audio):
+            write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
+        bar.update(len(batch))
+    bar.close()
     print(f"{out}: {len(todo)} made, {len(entries) - len(todo)} already there", file=sys.stderr)
     return 0
 
@@ -107,6 +115,8 @@ def add_eval_commands(sub) -> None:
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
     g.add_argument("--seed", type=int, default=0, help="each record's seed is a hash of this and its id")
+    g.add_argument("--batch-size", type=int, default=1,
+                   help="clips composed together (a clip does not depend on its batch; no faster on 2 CPU cores)")
     g.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
                    help="the control of appendix E.5: give each record another record's image")
     g.add_argument("--quiet", action="store_true")
