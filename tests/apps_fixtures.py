@@ -36,12 +36,13 @@ def make_generated_sets(root: Path, n_records: int = 3, missing: dict | None = N
 
 
 class RunningServer:
-    """A study server on 127.0.0.1 with a free port, in a background thread."""
+    """A study server on 127.0.0.1 with a free port, in a background thread (keyword arguments go to
+    make_server: sets_root, studies_root)."""
 
-    def __init__(self, study_dir):
+    def __init__(self, study_dir, **kwargs):
         from melfusion.apps.study.server import make_server
 
-        self.server = make_server(study_dir, "127.0.0.1", 0)
+        self.server = make_server(study_dir, "127.0.0.1", 0, **kwargs)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -182,3 +182,35 @@ def test_demo_bundled_example_fills_image_and_caption(browser, demo_url):
     assert page.locator("#caption textarea").input_value() == caption
     page.wait_for_selector("#image-preview img", timeout=20_000)
     page.close()
+
+
+def test_an_admin_creates_a_study_through_the_create_page(browser, tmp_path):
+    """The admin create page in the browser: open it with the token, tick two sets, name them and the
+    study, submit, and land on the result page; the new folder is a study with the expected items."""
+    from melfusion.apps.study.build import create_study
+
+    manifest, systems = make_generated_sets(tmp_path / "served-sets", n_records=1)
+    res = create_study(manifest, systems, tmp_path / "studies" / "served")
+    make_generated_sets(tmp_path / "root" / "gen", n_records=2)
+    with RunningServer(tmp_path / "studies" / "served", sets_root=tmp_path / "root") as srv:
+        page = browser.new_page(viewport={"width": 900, "height": 1100})
+        page.goto(f"{srv.url}/admin/create?token={res['token']}")
+        page.fill("#name", "from-the-page")
+        page.check("#set-0")
+        page.check("#set-1")
+        page.fill("#system-0", "ours")
+        page.uncheck("input[name='task'][value='text']")
+        page.fill("#limit", "2")
+        shot(page, tmp_path, "study-create-form")
+        page.click("#create")
+        page.wait_for_selector("#result")
+        assert page.locator("#folder").inner_text() == "from-the-page"
+        assert page.locator("#items").inner_text() == "8"  # 2 records x 2 systems x 2 tasks
+        assert "melfusion study serve" in page.locator("#serve-command").inner_text()
+        token = page.locator("#token").inner_text()
+        shot(page, tmp_path, "study-create-result")
+        page.close()
+    new = tmp_path / "studies" / "from-the-page"
+    assert (new / "admin-token").read_text().strip() == token
+    con = sqlite3.connect(new / "study.sqlite")
+    assert {r[0] for r in con.execute("SELECT DISTINCT system FROM items")} == {"ours", "tango"}

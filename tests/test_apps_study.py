@@ -1,5 +1,6 @@
 """The user-study app: building a study, rating over HTTP, refusing bad and repeated ratings,
-serving only the study's files, the admin token, the report's statistics, and 20 raters at once."""
+serving only the study's files, the admin token, the report's statistics, 20 raters at once, and the
+admin create page (only names from the server's own listing of the sets root, a nonce, no leftovers)."""
 import csv
 import io
 import math
@@ -266,3 +267,199 @@ def test_study_commands_from_the_command_line(tmp_path, capsys):
     assert (tmp_path / "st" / "report.csv").is_file() and (tmp_path / "st" / "report.md").is_file()
     assert main(["study", "export", str(tmp_path / "st"), "--out", str(tmp_path / "r.csv")]) == 0
     assert main(["study", "report", str(tmp_path / "nope")]) == 2
+
+
+# -- the admin create page (--sets-root) ---------------------------------------------------------
+
+@pytest.fixture()
+def sets_root(tmp_path):
+    """root/gen/{melfusion,tango}/<id>.wav and root/gen/manifest.jsonl (3 records), plus traps the
+    listing must not show: sets and a manifest outside root reached by symlinks, a hidden folder, a
+    set whose one clip is a symlink out of root, and a study folder under root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    manifest, systems = make_generated_sets(root / "gen")
+    make_generated_sets(outside)
+    (root / "escape").symlink_to(outside / "melfusion", target_is_directory=True)
+    (root / "evil.jsonl").symlink_to(outside / "manifest.jsonl")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "rec00.wav").write_bytes((root / "gen" / "tango" / "rec00.wav").read_bytes())
+    (root / "linked").mkdir()
+    (root / "linked" / "rec00.wav").symlink_to(outside / "melfusion" / "rec00.wav")
+    create_study(manifest, systems, root / "old-study")  # its media/ holds WAVs but is no set
+    (tmp_path / "studies").mkdir()
+    return root, outside
+
+
+def nonce_of(body):
+    m = re.search(r"name='nonce' value='([A-Za-z0-9_-]+)'", body)
+    assert m, body[:500]
+    return m.group(1)
+
+
+def create_form(token, nonce, name="new-study", sets=None, manifest="gen/manifest.jsonl", tasks=("ovl_rel", "imsm"),
+                **extra):
+    sets = {"gen/melfusion": "ours", "gen/tango": "tango"} if sets is None else sets
+    data = [("token", token), ("nonce", nonce), ("name", name), ("manifest", manifest)]
+    for set_name, system in sets.items():
+        data += [("set", set_name), (f"system:{set_name}", system)]
+    return data + [("task", t) for t in tasks] + list(extra.items())
+
+
+def everything_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_create_page_and_post_need_the_token(study, sets_root, tmp_path):
+    study_dir, res = study
+    with RunningServer(study_dir, sets_root=sets_root[0], studies_root=tmp_path / "studies") as srv:
+        c = Client(srv.url)
+        for path in ("/admin/create", "/admin/create?token=wrong"):
+            status, body = c.request(path)
+            assert status == 403 and "nonce" not in body and "gen/melfusion" not in body
+        nonce = srv.server.RequestHandlerClass.app.nonce
+        for token in ("", "wrong"):
+            status, body = c.request("/admin/create", create_form(token, nonce))
+            assert status == 403 and "Study created" not in body
+        status, body = c.request("/admin/create", create_form("", nonce),
+                                 headers={"Authorization": f"Bearer {res['token']}x"})
+        assert status == 403
+    assert everything_under(tmp_path / "studies") == []
+
+
+def test_create_page_is_off_without_a_sets_root_and_shows_the_command(study):
+    study_dir, res = study
+    with RunningServer(study_dir) as srv:
+        c = Client(srv.url)
+        status, body = c.request(f"/admin/create?token={res['token']}")
+        assert status == 200 and "id='off'" in body and "melfusion study create --manifest" in body
+        assert "<form" not in body
+        nonce = srv.server.RequestHandlerClass.app.nonce
+        status, body = c.request("/admin/create", create_form(res["token"], nonce))
+        assert status == 403 and "off" in body
+    assert not (study_dir.parent / "new-study").exists()
+
+
+def test_create_page_lists_only_the_sets_and_manifests_under_the_root(study, sets_root, tmp_path):
+    from melfusion.apps.study.sources import scan
+
+    root, outside = sets_root
+    found = scan(root)
+    assert list(found.sets) == ["gen/melfusion", "gen/tango"] and found.clips == {"gen/melfusion": 3, "gen/tango": 3}
+    assert list(found.manifests) == ["gen/manifest.jsonl"]
+    study_dir, res = study
+    with RunningServer(study_dir, sets_root=root, studies_root=tmp_path / "studies") as srv:
+        status, body = Client(srv.url).request(f"/admin/create?token={res['token']}")
+    assert status == 200
+    assert re.findall(r"name='set' value='([^']*)'", body) == ["gen/melfusion", "gen/tango"]
+    assert re.findall(r"<option value='([^']*)'>", body) == ["gen/manifest.jsonl"]
+    for trap in ("escape", "evil.jsonl", ".hidden", "linked", "old-study", "media", str(outside)):
+        assert trap not in body, trap
+
+
+def test_create_from_two_sets_builds_a_study_beside_the_served_one(study, sets_root, tmp_path):
+    study_dir, res = study
+    root, _ = sets_root
+    with RunningServer(study_dir, sets_root=root) as srv:  # default studies root: the served study's folder
+        c = Client(srv.url)
+        status, body = c.request(f"/admin/create?token={res['token']}")
+        nonce = nonce_of(body)
+        status, body = c.request("/admin/create", create_form(res["token"], nonce, name="second_study", title="Two <b>"))
+        assert status == 201, body
+        assert "id='folder'>second_study<" in body and "id='items'>12<" in body  # 3 records x 2 systems x 2 tasks
+        assert "melfusion study serve" in body and "Two <b>" not in body
+        token = re.search(r"id='token'>([A-Za-z0-9_-]+)<", body).group(1)
+        # The same name again is refused and leaves the first study as it was.
+        status, body = c.request("/admin/create", create_form(res["token"], nonce, name="second_study"))
+        assert status == 409 and "already exists" in body
+    new = tmp_path / "second_study"
+    con = sqlite3.connect(new / "study.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 12
+    assert {r[0] for r in con.execute("SELECT DISTINCT system FROM items")} == {"ours", "tango"}
+    assert {r[0] for r in con.execute("SELECT DISTINCT task FROM items")} == {"ovl_rel", "imsm"}
+    assert (new / "admin-token").read_text().strip() == token and (new / "admin-token").stat().st_mode & 0o077 == 0
+    with RunningServer(new) as srv2:  # the shown token opens the new study's admin page
+        status, body = Client(srv2.url).request(f"/admin?token={token}")
+        assert status == 200 and "12 items" in body and "Two &lt;b&gt;" in body
+    assert not list(tmp_path.glob(".second_study-*"))
+
+
+def test_create_refuses_any_name_not_in_the_servers_own_listing(study, sets_root, tmp_path):
+    study_dir, res = study
+    root, outside = sets_root
+    studies = tmp_path / "studies"
+    with RunningServer(study_dir, sets_root=root, studies_root=studies) as srv:
+        c = Client(srv.url)
+        nonce = nonce_of(c.request(f"/admin/create?token={res['token']}")[1])
+        bad_sets = ["../x", "../outside/melfusion", str(outside / "melfusion"), str(root / "gen" / "tango"),
+                    "gen/../gen/tango", "escape", "linked", ".hidden", "old-study/media", "gen/nope", "/etc"]
+        for bad in bad_sets:
+            status, body = c.request("/admin/create", create_form(res["token"], nonce, sets={bad: "x", "gen/tango": "t"}))
+            assert status == 400 and "unknown generated set" in body and "Traceback" not in body, bad
+        for bad in ["../outside/manifest.jsonl", str(outside / "manifest.jsonl"), str(root / "gen" / "manifest.jsonl"),
+                    "evil.jsonl", "gen/../gen/manifest.jsonl", ""]:
+            status, body = c.request("/admin/create", create_form(res["token"], nonce, manifest=bad))
+            assert status == 400 and "unknown manifest" in body, bad
+    assert everything_under(studies) == []
+
+
+def test_create_refuses_bad_names_a_wrong_nonce_and_builds_that_fail_leaving_nothing(study, sets_root, tmp_path,
+                                                                                     monkeypatch):
+    study_dir, res = study
+    root, outside = sets_root
+    studies = tmp_path / "studies"
+    # Clips whose ids the manifest lacks, and a manifest under root whose images lie outside it.
+    (root / "other").mkdir()
+    (root / "other" / "zzz.wav").write_bytes((root / "gen" / "tango" / "rec00.wav").read_bytes())
+    (root / "broken").mkdir()  # clips that fail mid-build, after the hidden work folder exists
+    for i in range(3):
+        (root / "broken" / f"rec{i:02d}.wav").write_bytes(b"not a wav at all")
+    lines = (root / "gen" / "manifest.jsonl").read_text().splitlines()
+    (root / "gen" / "escaping.jsonl").write_text("".join(
+        line.replace('"images/', '"../../outside/images/') + "\n" for line in lines))
+    tok = res["token"]
+    with RunningServer(study_dir, sets_root=root, studies_root=studies) as srv:
+        c = Client(srv.url)
+        nonce = nonce_of(c.request(f"/admin/create?token={tok}")[1])
+        for wrong in ("", "x" * 32, nonce[:-1]):
+            status, body = c.request("/admin/create", create_form(tok, wrong))
+            assert status == 403 and "did not come from this server" in body
+        for name in ("../evil", "a/b", "with space", ".hidden", "x" * 65, "", "a\tb", "ünï"):
+            status, body = c.request("/admin/create", create_form(tok, nonce, name=name))
+            assert status == 400 and "study name" in body, name
+        cases = [({"sets": {}}, 400, "at least one generated set"),
+                 ({"sets": {"gen/melfusion": "same", "gen/tango": "same"}}, 400, "two sets"),
+                 ({"sets": {"gen/melfusion": "<script>alert(1)</script>"}}, 400, "system name"),
+                 ({"tasks": ()}, 400, "choose tasks"),
+                 ({"tasks": ("karaoke",)}, 400, "choose tasks"),
+                 ({"limit": "0"}, 400, "limit"),
+                 ({"limit": "two"}, 400, "limit"),
+                 ({"sets": {"gen/melfusion": "a", "other": "b"}}, 400, "every system"),
+                 ({"manifest": "gen/escaping.jsonl"}, 400, "outside the sets root"),
+                 ({"split": "train"}, 400, "every system"),
+                 ({"sets": {"gen/melfusion": "a", "broken": "b"}}, 400, "not a readable WAV")]
+        for kwargs, want_status, want_text in cases:
+            status, body = c.request("/admin/create", create_form(tok, nonce, **kwargs))
+            assert status == want_status and want_text in body, (kwargs, status, body[-400:])
+            assert "<script>alert" not in body and "Traceback" not in body
+        assert everything_under(studies) == []
+        # Something unexpected during the build: 500 with a message, no traceback, nothing left.
+        import melfusion.apps.study.sources as sources
+
+        def boom(*args, **kwargs):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(sources, "create_study", boom)
+        status, body = c.request("/admin/create", create_form(tok, nonce))
+        assert status == 500 and "the build failed on the server" in body and "disk full" not in body
+        monkeypatch.undo()
+        assert everything_under(studies) == []
+        # With a limit and a split that match, the same server builds.
+        status, body = c.request("/admin/create", create_form(tok, nonce, name="small", limit="2", split="test"))
+        assert status == 201 and "id='items'>8<" in body
+    assert [p.name for p in studies.iterdir()] == ["small"]
+
+
+def test_study_serve_refuses_a_sets_root_that_is_not_a_folder(study, tmp_path, capsys):
+    study_dir, _ = study
+    assert main(["study", "serve", str(study_dir), "--sets-root", str(tmp_path / "nope"), "--port", "0"]) == 2
+    assert "--sets-root is not a folder" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def _study_create(args) -> int:
 def _study_serve(args) -> int:
     from melfusion.apps.study.server import serve
 
-    serve(args.dir, host=args.host, port=args.port)
+    serve(args.dir, host=args.host, port=args.port, sets_root=args.sets_root, studies_root=args.studies_root)
     return 0
 
 
@@ -89,6 +89,11 @@ def add_app_commands(subparsers) -> None:
     v.add_argument("dir", help="the study folder")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8765)
+    v.add_argument("--sets-root", default=None, metavar="ROOT",
+                   help="turn on the admin create page: it lists the generated sets and manifests under ROOT "
+                        "and builds only from those (default: off)")
+    v.add_argument("--studies-root", default=None, metavar="DIR",
+                   help="where the create page puts new studies (default: the folder holding the served study)")
     v.set_defaults(func=_study_serve)
 
     r = sub.add_parser("report", help="mean, 95%% CI and count per system and measure (Markdown and CSV)")

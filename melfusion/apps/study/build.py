@@ -53,8 +53,28 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether `path`, symlinks resolved, lies under `root` (also resolved)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
+def _check_confined(usable: list[dict], folders: dict[str, Path], root) -> None:
+    """Refuse a study that would read a file outside `root`: the browser's create page promises that
+    only what lies under the sets root is ever read, and a manifest's `image` or `id` (`../..`) or a
+    symlinked clip could otherwise point anywhere."""
+    for rec in usable:
+        if not inside(rec["image_path"], root):
+            raise MelFusionError(f"record {rec['id']!r}: its image is outside the sets root")
+        for name, folder in folders.items():
+            if not inside(folder / f"{rec['id']}.wav", root):
+                raise MelFusionError(f"record {rec['id']!r}: the clip of system {name!r} is outside the sets root")
+
+
 def create_study(manifest, systems: dict[str, str], out, tasks=("ovl_rel", "text", "imsm"), split=None,
-                 limit=None, seed=0, title="A listening study") -> dict:
+                 limit=None, seed=0, title="A listening study", confine_to=None) -> dict:
+    """Build the study folder `out`, all or nothing: it is assembled in a hidden folder beside `out`
+    and renamed into place at the end, so a failure leaves no half-built study. With `confine_to`,
+    every image and clip read must lie under that folder (the web create page's sets root)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MelFusionError(f"--out already exists and is not empty: {out}")
@@ -82,6 +102,8 @@ def create_study(manifest, systems: dict[str, str], out, tasks=("ovl_rel", "text
             raise MelFusionError("--limit must be at least 1")
         if limit < len(usable):
             usable = sorted(random.Random(seed).sample(usable, limit), key=lambda r: r["id"])
+    if confine_to is not None:
+        _check_confined(usable, folders, confine_to)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

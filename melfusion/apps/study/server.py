@@ -3,7 +3,11 @@
 Raters get an anonymous id in a cookie and the items in their own random order, with system
 names hidden (items and media files have opaque names). Only the study's own media files are
 ever served, looked up by name in the database; a path in a request is never opened. Admin
-pages (overview, report, export) need the study's admin token (`?token=` or a Bearer header).
+pages (overview, report, export, create) need the study's admin token (`?token=` or a Bearer header).
+
+`/admin/create` builds a new study from the browser, only when the server was started with a sets
+root (`--sets-root ROOT`): the page lists what the server itself finds under ROOT and a request can
+only pick from that list by name (see `sources.py`); the form also carries a per-server nonce.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import hmac
 import html
 import re
 import secrets
+import shlex
 import sys
 import threading
 from http import HTTPStatus
@@ -22,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from melfusion.apps.study import store
 from melfusion.apps.study.build import load_meta, token_hash
 from melfusion.apps.study.report import export_csv, report_rows, to_csv, to_markdown
+from melfusion.apps.study.sources import Refused, build_from_root, scan
 from melfusion.errors import MelFusionError
 
 COOKIE = "melfusion_rater"
@@ -29,6 +35,9 @@ RATER_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MEDIA_RE = re.compile(r"^([0-9a-f]{16})\.(png|wav)$")
 MEDIA_TYPES = {"png": "image/png", "wav": "audio/wav"}
 MAX_BODY = 16 * 1024
+MAX_CREATE_BODY = 256 * 1024  # the create form sends a system name for every listed set
+MAX_TITLE = 200
+DEFAULT_TITLE = "Music for images and text: a listening study"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 HEADERS = {
@@ -60,6 +69,7 @@ audio{width:100%;margin:1em 0} fieldset{border:1px solid #ccc;border-radius:6px;
 .scale label{display:inline-block;margin:.2em .35em;text-align:center}
 .scale input{display:block;margin:0 auto} .progress{color:#666} .error{color:#a00;font-weight:bold}
 button{font-size:1.05em;padding:.5em 1.4em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.3em .6em}
+form.create label{display:block;margin:.5em 0} code{background:#f4f1ea;padding:0 .25em;word-break:break-all}
 """
 
 
@@ -69,15 +79,28 @@ def page(title: str, body: str) -> bytes:
             f"<style>{STYLE}</style></head><body>{body}</body></html>").encode()
 
 
+def _folder(path, option: str) -> Path:
+    folder = Path(path).resolve()
+    if not folder.is_dir():
+        raise MelFusionError(f"{option} is not a folder: {path}")
+    return folder
+
+
 class StudyApp:
     """What the handler needs: the study folder, its metadata and its database."""
 
-    def __init__(self, study_dir):
+    def __init__(self, study_dir, sets_root=None, studies_root=None):
         self.dir = Path(study_dir).resolve()
         self.meta = load_meta(self.dir)
         self.media = self.dir / "media"
         self._local = threading.local()
         store.connect(self.dir).close()  # fail now, not at the first request
+        # Creating from the browser: off unless whoever starts the server names a sets root.
+        self.sets_root = _folder(sets_root, "--sets-root") if sets_root is not None else None
+        self.studies_root = _folder(studies_root, "--studies-root") if studies_root is not None else self.dir.parent
+        # A page from this very server run must be the source of a create POST (a CSRF-style check).
+        self.nonce = secrets.token_urlsafe(24)
+        self.create_lock = threading.Lock()  # one build at a time: two requests for one name cannot race
 
     def db(self):
         con = getattr(self._local, "con", None)
@@ -162,13 +185,15 @@ class Handler(BaseHTTPRequestHandler):
         try:
             path = urlsplit(self.path).path
             length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY or length < 0:
+            if length > (MAX_CREATE_BODY if path == "/admin/create" else MAX_BODY) or length < 0:
                 return self.message(413, "request too large")
             form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
             if path == "/start":
                 return self.start()
             if path == "/rate":
                 return self.rate_post(form)
+            if path == "/admin/create":
+                return self.create_post(form)
             return self.message(404, "no such page", link="/")
         except Exception as exc:
             print(f"study server: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -258,6 +283,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/admin/report.md":
             return self.send(200, to_markdown(report_rows(self.app.dir), self.app.meta["title"]).encode(),
                              ctype="text/markdown; charset=utf-8")
+        if path == "/admin/create":
+            return self.create_page(self.admin_token(query))
         if path != "/admin":
             return self.message(404, "no such page", link="/")
         con = self.app.db()
@@ -270,12 +297,134 @@ class Handler(BaseHTTPRequestHandler):
                 f"{html.escape(', '.join(self.app.meta['systems']))}.</p>"
                 "<table><tr><th>task</th><th>system</th><th>measure</th><th>n</th><th>mean 1-10</th><th>mean 0-100</th></tr>"
                 f"{rows}</table><p>Downloads (send the token as a Bearer header or ?token=): "
-                "<code>/admin/export.csv</code>, <code>/admin/report.csv</code>, <code>/admin/report.md</code>.</p>")
+                "<code>/admin/export.csv</code>, <code>/admin/report.csv</code>, <code>/admin/report.md</code>. "
+                "A new study from generated sets: <code>/admin/create</code>.</p>")
         self.send(200, page("Admin", body))
 
+    # -- admin: create a study -----------------------------------------------------------------
+    def create_page(self, token: str, error: str | None = None, status: int = 200):
+        """The create form over the server's own listing of the sets root, or, with no sets root,
+        the command line that does the same (the server then reads nothing it was not told to)."""
+        parts = ["<h1>Create a study</h1>"]
+        if error:
+            parts.append(f"<p class='error' id='message'>{html.escape(error)}</p>")
+        if self.app.sets_root is None:
+            parts.append(_create_off_html(self.app.studies_root))
+            return self.send(status, page("Create a study", "".join(parts)))
+        found = scan(self.app.sets_root)
+        parts.append(f"<p>From the generated sets (folders of <code>&lt;id&gt;.wav</code>) and manifests "
+                     f"(<code>*.jsonl</code>) under <code>{html.escape(str(found.root))}</code>. The new study "
+                     f"goes to <code>{html.escape(str(self.app.studies_root))}/NAME</code>.</p>")
+        if found.truncated:
+            parts.append("<p class='error'>The sets root holds too many files; only part of it is listed.</p>")
+        if not found.sets or not found.manifests:
+            parts.append("<p class='error' id='empty'>No generated set or no manifest found there.</p>")
+            return self.send(status, page("Create a study", "".join(parts)))
+        parts.append(_create_form_html(found, token, self.app.nonce))
+        self.send(status, page("Create a study", "".join(parts)))
 
-def make_server(study_dir, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    app = StudyApp(study_dir)
+    def create_post(self, form):
+        token = self.admin_token(form)
+        if not self.app.token_ok(token):
+            return self.message(403, "the admin pages need the study's admin token", link="/")
+        nonce = (form.get("nonce") or [""])[0]
+        if not hmac.compare_digest(nonce.encode(), self.app.nonce.encode()):
+            return self.create_page(token, "this form did not come from this server's create page (or the server "
+                                           "was restarted since): reload the page and try again", 403)
+        if self.app.sets_root is None:
+            return self.create_page(token, "creating a study from the browser is off on this server", 403)
+        try:
+            choice = _create_choice(form)
+            with self.app.create_lock:
+                res = build_from_root(self.app.sets_root, self.app.studies_root, **choice)
+        except Refused as exc:
+            return self.create_page(token, str(exc), exc.status)
+        except MelFusionError as exc:  # the build's own checks: ids not in the manifest, unreadable files ...
+            return self.create_page(token, f"the study was not created: {exc}", 400)
+        except Exception as exc:  # never a traceback to the browser; create_study left nothing behind
+            print(f"study server: create: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return self.create_page(token, "the study was not created: the build failed on the server "
+                                           "(its log says why)", 500)
+        self.send(201, page("Study created", _created_html(res)))
+
+
+def _first(form, key: str) -> str:
+    return (form.get(key) or [""])[0].strip()
+
+
+def _create_choice(form) -> dict:
+    """The create form's fields as `build_from_root` arguments; names stay names (they are looked
+    up there, never opened here)."""
+    chosen = {s: _first(form, f"system:{s}") for s in dict.fromkeys(form.get("set") or [])}
+    limit = _first(form, "limit")
+    if limit and not (limit.isdigit() and int(limit) >= 1):
+        raise Refused("the limit must be a whole number of records, at least 1")
+    title = _first(form, "title") or DEFAULT_TITLE
+    if len(title) > MAX_TITLE:
+        raise Refused(f"the title must be at most {MAX_TITLE} characters")
+    return {"name": _first(form, "name"), "chosen": chosen, "manifest": _first(form, "manifest"),
+            "tasks": list(dict.fromkeys(form.get("task") or [])), "split": _first(form, "split") or None,
+            "limit": int(limit) if limit else None, "title": title}
+
+
+def _default_system(set_name: str) -> str:
+    """A set's folder name made into a system name, as the form's suggestion."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", set_name.rsplit("/", 1)[-1])[:64].lstrip("._-") or "system"
+
+
+def _create_form_html(found, token: str, nonce: str) -> str:
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td><input type='checkbox' name='set' value='{esc(name)}' id='set-{i}'></td>"
+        f"<td><label for='set-{i}'><code>{esc(name)}</code></label></td><td>{found.clips[name]}</td>"
+        f"<td><input name='system:{esc(name)}' value='{esc(_default_system(name))}' id='system-{i}' "
+        f"maxlength='64' aria-label='system name for {esc(name)}'></td></tr>"
+        for i, name in enumerate(found.sets))
+    manifests = "".join(f"<option value='{esc(m)}'>{esc(m)}</option>" for m in found.manifests)
+    tasks = "".join(f"<label><input type='checkbox' name='task' value='{t}' checked> {t}: "
+                    f"{esc(INSTRUCTIONS[t].split('.')[0])}</label>" for t in store.TASKS)
+    return ("<form class='create' method='post' action='/admin/create'>"
+            f"<input type='hidden' name='token' value='{esc(token)}'><input type='hidden' name='nonce' value='{esc(nonce)}'>"
+            "<label>Study name (letters, digits, - and _; it becomes the folder name) "
+            "<input name='name' id='name' required maxlength='64' pattern='[A-Za-z0-9_\\-]{1,64}'></label>"
+            "<fieldset><legend>Generated sets: tick each system to compare, and name it</legend>"
+            f"<table><tr><th></th><th>set</th><th>clips</th><th>system name</th></tr>{rows}</table></fieldset>"
+            f"<label>Manifest the sets were made from <select name='manifest' id='manifest'>{manifests}</select></label>"
+            f"<fieldset><legend>Tasks</legend>{tasks}</fieldset>"
+            "<label>Split (only records of this split; empty: all) <input name='split' id='split'></label>"
+            "<label>Limit (at most this many records; empty: all) <input name='limit' id='limit' type='number' min='1'></label>"
+            f"<label>Title <input name='title' id='title' maxlength='{MAX_TITLE}' value='{esc(DEFAULT_TITLE)}' size='50'></label>"
+            "<button type='submit' id='create'>Create the study</button></form>")
+
+
+def _create_off_html(studies_root: Path) -> str:
+    example = (f"melfusion study create --manifest MANIFEST.jsonl --system NAME=SET_DIR --system NAME2=SET_DIR2 "
+               f"--out {shlex.quote(str(studies_root))}/NEW_STUDY [--tasks ovl_rel,text,imsm] [--split test] "
+               "[--limit 50] [--title TITLE]")
+    return ("<p id='off'>Creating a study from the browser is off on this server: it was started without "
+            "<code>--sets-root ROOT</code>, the folder of generated sets it may read. The same from the command "
+            f"line:</p><p><code id='command'>{html.escape(example)}</code></p>"
+            "<p>or restart the server with <code>melfusion study serve DIR --sets-root ROOT</code>.</p>")
+
+
+def _created_html(res: dict) -> str:
+    esc = html.escape
+    out = res["out"]
+    per_task = ", ".join(f"{k} {v}" for k, v in res["per_task"].items())
+    return ("<h1>Study created</h1>"
+            f"<p id='result'>Folder <code id='folder'>{esc(out.name)}</code> in <code>{esc(str(out.parent))}</code>: "
+            f"<span id='items'>{res['items']}</span> items ({esc(per_task)}) from {res['records']} records and "
+            f"the systems {esc(', '.join(res['systems']))}.</p>"
+            f"<p>Serve it (on a port other than this server's): <code id='serve-command'>melfusion study serve "
+            f"{esc(shlex.quote(str(out)))} --port PORT</code></p>"
+            "<p>Its admin token, shown only this once (it is also in "
+            f"<code>{esc(str(res['token_file']))}</code>, readable by the server's user only): "
+            f"<code id='token'>{esc(res['token'])}</code></p>")
+
+
+def make_server(study_dir, host: str = "127.0.0.1", port: int = 8765, sets_root=None,
+                studies_root=None) -> ThreadingHTTPServer:
+    app = StudyApp(study_dir, sets_root=sets_root, studies_root=studies_root)
     handler = type("StudyHandler", (Handler,), {"app": app})
     try:
         server = ThreadingHTTPServer((host, port), handler)
@@ -285,10 +434,14 @@ def make_server(study_dir, host: str = "127.0.0.1", port: int = 8765) -> Threadi
     return server
 
 
-def serve(study_dir, host: str = "127.0.0.1", port: int = 8765) -> None:
-    server = make_server(study_dir, host, port)
+def serve(study_dir, host: str = "127.0.0.1", port: int = 8765, sets_root=None, studies_root=None) -> None:
+    server = make_server(study_dir, host, port, sets_root=sets_root, studies_root=studies_root)
     if host not in LOOPBACK:
         print(f"note: listening on {host}, reachable from other machines", file=sys.stderr)
+    app = server.RequestHandlerClass.app
+    if app.sets_root is not None:
+        print(f"note: /admin/create may build studies in {app.studies_root} from the sets under {app.sets_root}",
+              file=sys.stderr)
     print(f"study at http://{host}:{server.server_address[1]}/  (admin: /admin?token=...; Ctrl-C stops)",
           file=sys.stderr)
     try:
