@@ -1,0 +1,45 @@
+"""Check issue 5's bars on the reports that scripts/evaluate_small.sh writes.
+
+    .venv/bin/python scripts/bars_small.py [runs/eval]
+
+Reads melfusion.json, text-only.json and shuffled-images.json and prints one line per bar with
+the measured figures and PASS or MISS (and by how much). Exit status 0 whatever the outcome:
+this reports, it does not gate.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def bars(model: dict, text: dict, shuffled: dict) -> list[tuple[str, bool, str]]:
+    m, t, s = model["accuracy"], text["accuracy"], shuffled["accuracy"]
+    out = [("genre >= 60%", m["genre"] >= 0.60, f"{m['genre']:.1%} (text-only {t['genre']:.1%})")]
+    for key, floor in (("energy", 0.75), ("mode", 0.65)):
+        out.append((f"{key} >= {floor:.0%}", m[key] >= floor, f"{m[key]:.1%}"))
+        gap = m[key] - t[key]
+        out.append((f"{key} >= text-only + 15 points", gap >= 0.15,
+                    f"{m[key]:.1%} vs {t[key]:.1%} ({gap * 100:+.1f} points)"))
+    for key in ("fad", "fd"):
+        out.append((f"{key.upper()} below text-only", model[key] < text[key],
+                    f"{model[key]:.3f} vs {text[key]:.3f}"))
+    for key in ("mode", "energy"):
+        out.append((f"shuffled images worse on {key}", s[key] < m[key],
+                    f"{s[key]:.1%} vs {m[key]:.1%} with the right images"))
+    return out
+
+
+def main() -> int:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/eval")
+    reports = {name: json.loads((root / f"{name}.json").read_text())
+               for name in ("melfusion", "text-only", "shuffled-images")}
+    n = {name: r.get("n", r.get("records")) for name, r in reports.items()}
+    print(f"records scored: {n}")
+    for name, ok, figures in bars(reports["melfusion"], reports["text-only"], reports["shuffled-images"]):
+        print(f"{'PASS' if ok else 'MISS'}  {name:34s} {figures}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
