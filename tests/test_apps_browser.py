@@ -55,12 +55,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def demo_url():
-    """The demo with the default model (the command line's: the random tiny preset until a trained
-    model ships), on 127.0.0.1, with a 0.05 MB upload limit so the size check can be tried."""
+    """The demo with the default model (the command line's: the shipped one, or the random tiny
+    preset where none ships), on 127.0.0.1, with a 0.05 MB upload limit so the size check can be tried."""
     from melfusion.apps.demo import build_demo, launch
-    from melfusion.cli import load_model
+    from melfusion.cli import DEFAULT_MODEL_DIR, load_model
 
-    demo = build_demo(load_model(None), max_upload_mb=0.05, random_weights=True)
+    shipped = (DEFAULT_MODEL_DIR / "model_index.json").is_file()
+    demo = build_demo(load_model(None), max_upload_mb=0.05, random_weights=not shipped)
     port = free_port()
     launch(demo, "127.0.0.1", port, max_upload_mb=0.05, block=False)
     yield f"http://127.0.0.1:{port}/"
@@ -115,7 +116,10 @@ def test_demo_upload_caption_generate_play_and_download(browser, demo_url, tmp_p
     info = media_info(tmp_path / "got.mp4")
     assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
     assert info["duration"] == pytest.approx(len(wave) / rate, abs=0.1)
-    print(f"\ndemo: click Generate -> music playing in {to_sound:.2f} s (default model: random tiny preset, "
+    from melfusion.cli import DEFAULT_MODEL_DIR
+
+    model = "shipped default" if (DEFAULT_MODEL_DIR / "model_index.json").is_file() else "random tiny preset"
+    print(f"\ndemo: click Generate -> music playing in {to_sound:.2f} s (default model: {model}, "
           f"{len(wave) / rate:.1f} s of audio)")
     page.close()
 
