@@ -82,7 +82,8 @@ def cmd_generate(args) -> int:
     pipe = load_model(args.model, seed=args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     result = pipe(image=image, prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, generator=generator, progress=not args.quiet)
+                  guidance_scale=args.guidance, image_guidance_scale=args.image_guidance, generator=generator,
+                  progress=not args.quiet)
     write_wav(out, result.audio, result.sample_rate)
     if args.video:
         from melfusion.apps.video import make_video
@@ -118,7 +119,8 @@ def cmd_info(args) -> int:
     syn = pipe.music.synapse
     print(f"visual synapse: {len(syn.config.layers)} decoder cross-attention layers, alpha {syn.config.alpha}")
     d = pipe.defaults
-    print(f"defaults: {d['num_inference_steps']} steps, guidance {d['guidance_scale']}, {d['duration_s']} s")
+    image = f", image guidance {d['image_guidance_scale']}" if d.get("image_guidance_scale") is not None else ""
+    print(f"defaults: {d['num_inference_steps']} steps, guidance {d['guidance_scale']}{image}, {d['duration_s']} s")
     return 0
 
 
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--image-guidance", type=float, default=None,
+                   help="a separate guidance scale for the image (one more model pass per step; default: the model's)")
     g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
     g.add_argument("--video", default=None, metavar="PATH.mp4", help="also write the image with the music as a video")
     g.add_argument("--spectrogram", default=None, metavar="PATH.png", help="also write a picture of the mel spectrogram")

@@ -163,7 +163,8 @@ class MelFusionPipeline:
     @torch.no_grad()
     def __call__(self, image, prompt, duration_s: float | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None,
-                 generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None, progress: bool = True) -> MelFusionOutput:
+                 generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None,
+                 progress: bool = True, image_guidance_scale: float | None = None) -> MelFusionOutput:
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -175,6 +176,13 @@ class MelFusionPipeline:
             raise MelFusionError("the number of steps must be between 1 and 1000")
         if not math.isfinite(guidance) or not 0 <= guidance <= 50:
             raise MelFusionError(f"guidance scale must be between 0 and 50, got {guidance}")
+        if image_guidance_scale is None:
+            image_guidance_scale = d.get("image_guidance_scale")
+        image_guidance = None if image_guidance_scale is None else float(image_guidance_scale)
+        if image_guidance is not None and (not math.isfinite(image_guidance) or not 0 <= image_guidance <= 50):
+            raise MelFusionError(f"image guidance scale must be between 0 and 50, got {image_guidance}")
+        if self.conditioning == "text" or image_guidance == guidance:
+            image_guidance = None  # the same as plain guidance (or nothing to guide: no image is read)
         single = isinstance(prompt, str)
         prompts = [check_prompt(p) for p in ([prompt] if single else list(prompt))]
         images = [image] if single or not isinstance(image, (list, tuple)) else list(image)
@@ -217,28 +225,37 @@ class MelFusionPipeline:
         scheduler = DDIMScheduler.from_config(self.music.scheduler_config)
         scheduler.set_timesteps(steps)
         latents = latents * scheduler.init_noise_sigma
-        guided = guidance != 1.0
-        if guided:
-            # Unconditional half: empty caption and no image (the synapse reduces to text only).
-            context = torch.cat([null_text.expand(b, -1, -1), text])
-            context_mask = torch.cat([null_mask.expand(b, -1), mask])
-            present = torch.cat([torch.zeros(b), torch.ones(b)])
+        # Classifier-free guidance. Unconditional: empty caption and no image (the synapse then
+        # reduces to text only). With a separate image scale a third pass, caption without image,
+        # splits the two terms: e = e(-,-) + g (e(T,-) - e(-,-)) + g_img (e(T,I) - e(T,-)).
+        guided = guidance != 1.0 or image_guidance is not None
+        if image_guidance is not None:
+            passes = [(null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0), (text, mask, 0.0), (text, mask, 1.0)]
+        elif guided:
+            passes = [(null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0), (text, mask, 1.0)]
         else:
-            context, context_mask, present = text, mask, torch.ones(b)
+            passes = [(text, mask, 1.0)]
+        n_pass = len(passes)
+        context = torch.cat([p[0] for p in passes])
+        context_mask = torch.cat([p[1] for p in passes])
+        present = torch.cat([torch.full((b,), p[2]) for p in passes])
         if image_tokens is not None and self.conditioning in ("concat", "tangopp"):
             from melfusion.music.ldm import append_image_tokens
 
-            tokens = torch.cat([image_tokens, image_tokens]) if guided else image_tokens
-            context, context_mask = append_image_tokens(context, context_mask, tokens, present)
+            context, context_mask = append_image_tokens(context, context_mask, image_tokens.repeat(n_pass, 1, 1),
+                                                        present)
 
         # 4. Denoise; at step t the synapse reads the image at the matching inverted step.
         for t in tqdm(scheduler.timesteps, desc="composing", disable=not progress, leave=False):
             kv = self.image_features(trajectory, int(t)) if trajectory is not None else image_kv
-            if guided and kv is not None:
-                kv = [(torch.cat([k, k]), torch.cat([v, v])) for k, v in kv]
-            model_in = torch.cat([latents, latents]) if guided else latents
+            if n_pass > 1 and kv is not None:
+                kv = [(k.repeat(n_pass, *[1] * (k.dim() - 1)), v.repeat(n_pass, *[1] * (v.dim() - 1))) for k, v in kv]
+            model_in = latents.repeat(n_pass, *[1] * (latents.dim() - 1))
             out = self.music.predict(scheduler.scale_model_input(model_in, t), t, context, context_mask, kv, present)
-            if guided:
+            if n_pass == 3:
+                uncond, text_only, full = out.chunk(3)
+                out = uncond + guidance * (text_only - uncond) + image_guidance * (full - text_only)
+            elif n_pass == 2:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance * (cond - uncond)
             latents = scheduler.step(out, t, latents).prev_sample

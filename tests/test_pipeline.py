@@ -52,6 +52,26 @@ def test_image_features_follow_the_music_step_to_the_matching_inverted_step(tiny
     assert not torch.allclose(early[0][0], late[0][0])
 
 
+def test_a_separate_image_guidance_scale_splits_the_two_terms(tiny_pipe, example_image):
+    plain = _run(tiny_pipe, example_image, guidance_scale=3.0).log_mel
+    # Equal scales are plain classifier-free guidance.
+    assert torch.equal(plain, _run(tiny_pipe, example_image, guidance_scale=3.0, image_guidance_scale=3.0).log_mel)
+    # Image scale 0 leaves e(-,-) + g (e(T,-) - e(-,-)): the music of the caption alone, as with the synapse off.
+    no_image = _run(tiny_pipe, example_image, guidance_scale=3.0, image_guidance_scale=0.0).log_mel
+    tiny_pipe.music.synapse.config.enabled = False
+    try:
+        text_only = _run(tiny_pipe, example_image, guidance_scale=3.0).log_mel
+    finally:
+        tiny_pipe.music.synapse.config.enabled = True
+    assert (no_image - text_only).abs().max() < 1e-4
+    assert (plain - text_only).abs().mean() > 1e-4
+    # A larger image scale moves the music further from the caption-only music than plain guidance.
+    strong = _run(tiny_pipe, example_image, guidance_scale=3.0, image_guidance_scale=9.0).log_mel
+    assert (strong - text_only).abs().mean() > (plain - text_only).abs().mean()
+    with pytest.raises(MelFusionError, match="image guidance scale"):
+        _run(tiny_pipe, example_image, image_guidance_scale=-1.0)
+
+
 def test_batch_of_prompts(tiny_pipe, example_image):
     out = tiny_pipe(image=[example_image, example_image], prompt=["jazz", "rock"], duration_s=1.0,
                     num_inference_steps=2, generator=torch.Generator().manual_seed(0), progress=False)

@@ -76,7 +76,7 @@ def _generate_set(args) -> int:
         result = pipe(image=[load_image(image_of[e.id].image_path) for e in batch],
                       prompt=[check_prompt(e.record["caption"]) for e in batch],
                       duration_s=args.duration, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      generator=generators, progress=False)
+                      image_guidance_scale=args.image_guidance, generator=generators, progress=False)
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
         bar.update(len(batch))
@@ -113,6 +113,7 @@ def add_eval_commands(sub) -> None:
     g.add_argument("--limit", type=int, default=None, help="only the first N records of the split")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--image-guidance", type=float, default=None, help="a separate guidance scale for the image")
     g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
     g.add_argument("--seed", type=int, default=0, help="each record's seed is a hash of this and its id")
     g.add_argument("--batch-size", type=int, default=1,
