@@ -422,15 +422,22 @@ def _created_html(res: dict) -> str:
             f"<code id='token'>{esc(res['token'])}</code></p>")
 
 
+class StudyServer(ThreadingHTTPServer):
+    """socketserver's listen backlog is 5; a class of raters pressing "submit" together on a busy
+    machine overflows that and some get their connection reset. 128 queues them instead."""
+
+    request_queue_size = 128
+    daemon_threads = True
+
+
 def make_server(study_dir, host: str = "127.0.0.1", port: int = 8765, sets_root=None,
                 studies_root=None) -> ThreadingHTTPServer:
     app = StudyApp(study_dir, sets_root=sets_root, studies_root=studies_root)
     handler = type("StudyHandler", (Handler,), {"app": app})
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = StudyServer((host, port), handler)
     except OSError as exc:
         raise MelFusionError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    server.daemon_threads = True
     return server
 
 
