@@ -160,3 +160,18 @@ def test_generate_set_refuses_a_bad_batch_size(fixture, tmp_path, capsys):
     assert _generate(fixture[0], tmp_path / "x", "--batch-size", "0") == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_generate_set_shards_split_the_records_between_processes(fixture, tmp_path, capsys):
+    manifest = fixture[0]
+    assert _generate(manifest, tmp_path / "all") == 0
+    assert _generate(manifest, tmp_path / "parts", "--shard", "1/2") == 0
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["fx-001.wav"]
+    assert _generate(manifest, tmp_path / "parts", "--shard", "0/2") == 0
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["fx-000.wav", "fx-001.wav", "fx-002.wav"]
+    for name in ("fx-000.wav", "fx-001.wav", "fx-002.wav"):
+        assert (tmp_path / "all" / name).read_bytes() == (tmp_path / "parts" / name).read_bytes()
+    capsys.readouterr()
+    for bad in ("2/2", "x", "1/0"):
+        assert _generate(manifest, tmp_path / "bad", "--shard", bad) == 2
+    assert "--shard" in capsys.readouterr().err and not (tmp_path / "bad").exists()

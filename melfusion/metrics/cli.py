@@ -32,6 +32,19 @@ def shuffled_images(ids: list[str], seed: int) -> dict[str, str]:
     return {ids[order[k]]: ids[order[(k + 1) % len(ids)]] for k in range(len(ids))}
 
 
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    """`K/N` -> (K, N): this process makes every N-th record starting at the K-th (0-based)."""
+    if text is None:
+        return 0, 1
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise MelFusionError(f"--shard must look like K/N (for example 0/2), got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise MelFusionError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
 def _generate_set(args) -> int:
     import torch
     from tqdm import tqdm
@@ -50,8 +63,9 @@ def _generate_set(args) -> int:
         raise MelFusionError("--batch-size must be at least 1")
     if args.duration is not None:
         check_duration(args.duration)
+    shard, shards = _parse_shard(args.shard)
     split = load_reference(args.manifest, args.split)
-    entries = split[:args.limit]
+    entries = split[:args.limit][shard::shards]
     image_of = {e.id: e for e in split}
     if args.shuffle_images is not None:
         if len(split) < 2:
@@ -120,6 +134,8 @@ def add_eval_commands(sub) -> None:
                    help="clips composed together (a clip does not depend on its batch; no faster on 2 CPU cores)")
     g.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
                    help="the control of appendix E.5: give each record another record's image")
+    g.add_argument("--shard", default=None, metavar="K/N",
+                   help="make only every N-th record from the K-th (run N processes, K = 0..N-1, on one folder)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_generate_set, on_interrupt="finished clips are kept; rerun the same command to resume")
 
