@@ -1,6 +1,8 @@
 """Wall time and peak memory of one `generate` (10 s of audio by default), split by stage.
 
-    .venv/bin/python benchmarks/bench_generate.py [--presets tiny small] [--duration 10] [--repeats 3]
+    .venv/bin/python benchmarks/bench_generate.py [--presets default tiny small] [--duration 10] [--repeats 3]
+
+`default` is the shipped model (melfusion/assets/default) as `melfusion generate` loads it.
 
 Each preset runs in its own process so its peak resident memory is its own. The model is built
 and warmed up (one short call) before timing; the reported figure is the median over repeats.
@@ -23,8 +25,10 @@ def measure(preset: str, duration: float, repeats: int, steps: int | None) -> di
     from melfusion import presets
     from melfusion.images import load_image
 
+    from melfusion.cli import load_model
+
     torch.set_num_threads(int(torch.get_num_threads()))
-    pipe = presets.build(preset)
+    pipe = load_model(None) if preset == "default" else presets.build(preset)
     image = load_image("examples/beach-post.png")
     prompt = "An acoustic folk song with fingerpicked guitar and soft harmonica"
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -45,7 +49,7 @@ def measure(preset: str, duration: float, repeats: int, steps: int | None) -> di
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--presets", nargs="+", default=["default", "tiny", "small"])
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: each preset's)")
