@@ -148,3 +148,22 @@ def test_train_command_reports_bad_config_in_one_line(tmp_path):
     proc = _train(["--config", str(tmp_path / "missing.toml")], timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "\n" not in proc.stderr.strip()
+
+
+def test_alpha_lr_lets_the_synapse_alphas_move(tmp_path, manifest):
+    from melfusion.training.trainer import train
+
+    def moved(**over):
+        cfg = load_config(_config(tmp_path, manifest, name="a" + str(len(over)), steps=4, lr=1e-4, **over))
+        train(cfg, progress=False)
+        header, *rows = (Path(cfg.out_dir) / "log.csv").read_text().splitlines()
+        cols = [i for i, h in enumerate(header.split(",")) if h.startswith("alpha_")]
+        assert cols
+        return max(abs(float(rows[-1].split(",")[i]) - 0.5) for i in cols)
+
+    plain, fast = moved(), moved(alpha_lr=0.05)
+    assert plain < 2e-3 < 0.01 < fast
+    # A checkpoint made without alpha_lr is not resumed with it.
+    a = load_config(_config(tmp_path, manifest, name="d1"))
+    b = load_config(_config(tmp_path, manifest, name="d1", alpha_lr=0.05))
+    assert a.fingerprint != b.fingerprint

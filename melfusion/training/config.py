@@ -60,6 +60,7 @@ class TrainConfig:
     # music
     conditioning: str = "synapse"
     synapse_alpha: str | float = "learned"
+    alpha_lr: float | None = None         # the learned alphas' own learning rate (None: `lr`), no weight decay
     synapse_blocks: list[int] | None = None
     inversion_steps: int | None = None    # None: the model's default denoising steps
     itc_weight: float = 0.1               # TANGO++'s image-text contrastive loss weight
@@ -71,6 +72,9 @@ class TrainConfig:
         skip = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "val_every", "source", "cache_dir",
                 "trace_data"}
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        for later in ("alpha_lr",):  # keys added after checkpoints existed: unset, they leave the digest as it was
+            if data.get(later) is None:
+                data.pop(later, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

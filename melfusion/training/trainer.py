@@ -56,6 +56,19 @@ class EMA:
             s.copy_(saved)
 
 
+def param_groups(cfg: TrainConfig, stage, params: list) -> list[dict]:
+    """One group, or two when `alpha_lr` is set: AdamW moves a parameter by about its learning rate
+    per step, so at the UNet's rate a synapse alpha's logit can hardly leave its start."""
+    if cfg.alpha_lr is None:
+        return [{"params": params}]
+    if not cfg.alpha_lr > 0:
+        raise MelFusionError(f"alpha_lr must be positive, got {cfg.alpha_lr}")
+    alpha_ids = {id(p) for name, p in stage.named_parameters() if name.endswith("alpha_logit")}
+    alphas = [p for p in params if id(p) in alpha_ids]
+    return [{"params": [p for p in params if id(p) not in alpha_ids]},
+            {"params": alphas, "lr": cfg.alpha_lr, "weight_decay": 0.0}]
+
+
 def lr_lambda(cfg: TrainConfig):
     def f(step):
         if step < cfg.warmup_steps:
@@ -218,7 +231,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     torch.manual_seed(as_numpy_seed(cfg.seed, 13))
     stage = make_stage(cfg, pipe, data)
     params = stage.trainable()
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(cfg, stage, params), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     ema = EMA(params, cfg.ema_decay)
     if state is not None:
