@@ -35,6 +35,9 @@ MAX_CAPTION_CHARS = 1000
 MIN_DURATION_S, MAX_DURATION_S = 1.0, 30.0
 COMPONENTS = ("text_encoder", "t2i", "audio_vae", "unet", "synapse", "scheduler", "vocoder")
 CONDITIONINGS = ("synapse", "text", "concat", "tangopp", "image-encoder")
+NEEDS_IMAGE_ENCODER = ("concat", "tangopp", "image-encoder")  # the baselines that read the image themselves
+TOKENS_IN_CAPTION = ("concat", "tangopp")                     # image tokens join the caption's tokens
+READS_SYNAPSE = ("synapse", "image-encoder")                  # the synapse layers carry the image
 
 
 @dataclass
@@ -80,7 +83,7 @@ class MelFusionPipeline:
         # (melfusion.baselines); every way but "synapse" and "text" needs an image encoder.
         if conditioning not in CONDITIONINGS:
             raise MelFusionError(f"unknown conditioning {conditioning!r}")
-        if conditioning in ("concat", "tangopp", "image-encoder") and image_encoder is None:
+        if conditioning in NEEDS_IMAGE_ENCODER and image_encoder is None:
             raise MelFusionError(f"conditioning {conditioning!r} needs an image encoder")
         self.conditioning, self.image_encoder = conditioning, image_encoder
         self.link_synapse()
@@ -239,7 +242,7 @@ class MelFusionPipeline:
         context = torch.cat([p[0] for p in passes])
         context_mask = torch.cat([p[1] for p in passes])
         present = torch.cat([torch.full((b,), p[2]) for p in passes])
-        if image_tokens is not None and self.conditioning in ("concat", "tangopp"):
+        if image_tokens is not None and self.conditioning in TOKENS_IN_CAPTION:
             from melfusion.music.ldm import append_image_tokens
 
             context, context_mask = append_image_tokens(context, context_mask, image_tokens.repeat(n_pass, 1, 1),
@@ -283,7 +286,7 @@ class MelFusionPipeline:
             counts["t2i text encoder"] = count(self.t2i.text_encoder.model)
         counts.update({
             "music unet": count(self.music.unet),
-            "visual synapse": count(self.music.synapse) if self.conditioning in ("synapse", "image-encoder") else 0,
+            "visual synapse": count(self.music.synapse) if self.conditioning in READS_SYNAPSE else 0,
             "image encoder": count(self.image_encoder),
             "audio vae": count(self.audio_vae),
             "vocoder": count(self.vocoder),

@@ -25,7 +25,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from melfusion.music.ldm import ConditionDropout
-    from melfusion.pipeline import MelFusionPipeline
+    from melfusion.pipeline import READS_SYNAPSE, MelFusionPipeline
     from melfusion.training.config import load_config
     from melfusion.training.stages import VAL_TIMESTEPS, make_stage, stage_data
     from melfusion.training.trainer import load_entries
@@ -36,7 +36,7 @@ def main() -> int:
     data = stage_data(cfg, pipe, train, val, Path(cfg.cache_dir) if cfg.cache_dir else None, progress=False)
     stage = make_stage(cfg, pipe, data)
     stage.music.unet.eval()
-    stage.music.synapse.config.enabled = cfg.conditioning in ("synapse", "image-encoder")
+    stage.music.synapse.config.enabled = cfg.conditioning in READS_SYNAPSE
     n = min(args.limit, len(val))
     own = torch.arange(n)
     other = torch.roll(own, 1)
@@ -45,14 +45,15 @@ def main() -> int:
     wins, batches = 0, 0
     with torch.no_grad():
         for s in range(0, n, 8):
-            idx, img = own[s:s + 8], other[s:s + 8]
+            idx = own[s:s + 8]
+            latents, text, mask = data["val_latents"][idx], data["val_text"][idx], data["val_mask"][idx]
+            feats = stage._features("val", idx)
             losses = {}
-            for name, feats_idx, dropout in (("own image", idx, keep), ("another record's image", img, keep),
-                                             ("no image", idx, drop)):
-                text, mask = data["val_text"][idx], data["val_mask"][idx]
-                feats = stage._features("val", feats_idx)
+            for name, image_feats, dropout in (("own image", feats, keep),
+                                               ("another record's image", stage._features("val", other[s:s + 8]), keep),
+                                               ("no image", feats, drop)):
                 losses[name] = sum(float(stage.music.training_loss(
-                    data["val_latents"][idx], text, mask, data["null_text"], data["null_mask"], feats, dropout,
+                    latents, text, mask, data["null_text"], data["null_mask"], image_feats, dropout,
                     torch.Generator().manual_seed(i), torch.full((len(idx),), t)))
                     for i, t in enumerate(VAL_TIMESTEPS)) / len(VAL_TIMESTEPS)
             for k, v in losses.items():

@@ -131,6 +131,8 @@ def validate(cfg: TrainConfig) -> None:
             raise MelFusionError(f"{where}: {key} must be at least 1")
     if cfg.lr <= 0 or not 0 <= cfg.ema_decay < 1:
         raise MelFusionError(f"{where}: lr must be > 0 and ema_decay in [0, 1)")
+    if cfg.alpha_lr is not None and not cfg.alpha_lr > 0:
+        raise MelFusionError(f"{where}: alpha_lr must be > 0")
     if cfg.mixed_precision not in ("no", "bf16"):
         raise MelFusionError(f"{where}: mixed_precision must be 'no' or 'bf16'")
     if cfg.prediction_type not in (None, "epsilon", "v_prediction"):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from melfusion.music.ldm import ConditionDropout
+from melfusion.pipeline import NEEDS_IMAGE_ENCODER, READS_SYNAPSE, TOKENS_IN_CAPTION
 from melfusion.t2i.model import ImageTrajectory
 from melfusion.training import caches
 from melfusion.training.config import TrainConfig
@@ -134,7 +135,7 @@ class MusicStage(Stage):
         super().__init__(cfg, pipe)
         self.music = pipe.music
         self.music.unet.train().requires_grad_(True)
-        uses_synapse = cfg.conditioning in ("synapse", "image-encoder")
+        uses_synapse = cfg.conditioning in READS_SYNAPSE
         self.music.synapse.requires_grad_(uses_synapse)
         self.music.synapse.config.enabled = uses_synapse
         self.image_encoder = pipe.image_encoder
@@ -163,7 +164,7 @@ class MusicStage(Stage):
         loss = self.music.training_loss(
             self.data[split + "_latents"][idx], text, mask, self.data["null_text"], self.data["null_mask"],
             self._features(split, idx, tokens), dropout or self.dropout, generator, timesteps,
-            image_tokens=tokens if self.cfg.conditioning in ("concat", "tangopp") else None)
+            image_tokens=tokens if self.cfg.conditioning in TOKENS_IN_CAPTION else None)
         if self.cfg.conditioning == "tangopp":
             loss = loss + self.cfg.itc_weight * self.image_encoder.itc_loss(tokens, text, mask)
         return loss
@@ -179,7 +180,7 @@ class MusicStage(Stage):
         return float(sum(losses) / len(losses))
 
     def log_values(self):
-        if self.cfg.conditioning not in ("synapse", "image-encoder"):
+        if self.cfg.conditioning not in READS_SYNAPSE:
             return {}
         return {f"alpha_{i}": a for i, a in enumerate(self.music.synapse.alphas())}
 
@@ -245,7 +246,7 @@ def stage_data(cfg: TrainConfig, pipe, train, val, cache_dir, progress=True) -> 
                 lambda: {"z": caches.build_audio_latents(m, pipe.audio_vae, progress=progress)})["z"]
             t = text(split, [e.record["caption"] for e in rows[split]], enc)
             out[split + "_text"], out[split + "_mask"] = t["emb"], t["mask"]
-            if cfg.conditioning in ("concat", "tangopp", "image-encoder"):
+            if cfg.conditioning in NEEDS_IMAGE_ENCODER:
                 out[split + "_images"] = images(split)
             if cfg.conditioning == "synapse":
                 px = images(split)

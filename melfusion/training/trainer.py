@@ -61,8 +61,6 @@ def param_groups(cfg: TrainConfig, stage, params: list) -> list[dict]:
     per step, so at the UNet's rate a synapse alpha's logit can hardly leave its start."""
     if cfg.alpha_lr is None:
         return [{"params": params}]
-    if not cfg.alpha_lr > 0:
-        raise MelFusionError(f"alpha_lr must be positive, got {cfg.alpha_lr}")
     alpha_ids = {id(p) for name, p in stage.named_parameters() if name.endswith("alpha_logit")}
     alphas = [p for p in params if id(p) in alpha_ids]
     return [{"params": [p for p in params if id(p) not in alpha_ids]},
@@ -166,7 +164,7 @@ def load_entries(cfg: TrainConfig):
 
 def load_init(cfg: TrainConfig):
     from melfusion import presets
-    from melfusion.pipeline import MelFusionPipeline
+    from melfusion.pipeline import NEEDS_IMAGE_ENCODER, MelFusionPipeline
 
     if cfg.init in presets.PRESETS:
         pipe = presets.build(cfg.init, seed=cfg.seed)
@@ -184,7 +182,7 @@ def load_init(cfg: TrainConfig):
         torch.manual_seed(as_numpy_seed(cfg.seed, 11))
         synapse = VisualSynapse.build(syn_cfg, pipe.music.unet, pipe.t2i.unet)
         image_encoder = None
-        if cfg.conditioning in ("concat", "tangopp", "image-encoder"):
+        if cfg.conditioning in NEEDS_IMAGE_ENCODER:
             from melfusion.baselines import ImageEncoder, ImageEncoderConfig
 
             image_encoder = ImageEncoder(ImageEncoderConfig(image_size=pipe.t2i.image_size,
