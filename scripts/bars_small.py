@@ -9,6 +9,7 @@ this reports, it does not gate.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +33,23 @@ def bars(model: dict, text: dict, shuffled: dict, control: dict | None = None) -
     return out
 
 
+def paired(a: dict, b: dict, key: str) -> tuple[int, int, int, float] | None:
+    """Records on which `a` is right and `b` wrong, the reverse, the records both scored, and the exact
+    two-sided sign-test p-value over those discordant pairs (McNemar's exact test). None when either
+    report predates per-record predictions."""
+    pa, pb = a.get("predictions"), b.get("predictions")
+    if not pa or not pb:
+        return None
+    with open(a["reference"]) as f:
+        truth = {r["id"]: r for r in map(json.loads, filter(str.strip, f))}
+    shared = sorted(set(pa) & set(pb))
+    right_a = sum(pa[i][key] == truth[i][key] and pb[i][key] != truth[i][key] for i in shared)
+    right_b = sum(pb[i][key] == truth[i][key] and pa[i][key] != truth[i][key] for i in shared)
+    k, n = min(right_a, right_b), right_a + right_b
+    p = min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n) if n else 1.0
+    return right_a, right_b, len(shared), p
+
+
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/eval")
     reports = {name: json.loads((root / f"{name}.json").read_text())
@@ -42,6 +60,13 @@ def main() -> int:
     print(f"records scored: {n}")
     for name, ok, figures in bars(reports["melfusion"], reports["text-only"], reports["shuffled-images"], control):
         print(f"{'PASS' if ok else 'MISS'}  {name:34s} {figures}")
+    for other in ("text-only", "shuffled-images"):
+        for key in ("mode", "energy"):
+            pair = paired(reports["melfusion"], reports[other], key)
+            if pair:
+                a, b, n, p = pair
+                print(f"paired {key:6s} vs {other:15s} on {n} records: right only with melfusion {a}, "
+                      f"only with {other} {b} (exact sign test p = {p:.3g})")
     return 0
 
 

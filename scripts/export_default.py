@@ -1,6 +1,10 @@
 """Ship a trained model as the package's default: weights in float16 safetensors, 80 MB at most.
 
     .venv/bin/python scripts/export_default.py runs/small/music/model [--out melfusion/assets/default]
+        [--image-guidance G]
+
+`--image-guidance` stores a default image guidance scale with the model (generate's
+`--image-guidance`, one more UNet pass per step); without it the model's own defaults are kept.
 
 Loading upcasts to float32 (diffusers and our own modules both do), so only the stored size
 changes. The script checks the size, loads the result back, and composes one clip with it.
@@ -21,10 +25,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--out", default=str(Path(__file__).parents[1] / "melfusion" / "assets" / "default"))
+    ap.add_argument("--image-guidance", type=float, default=None, help="default image guidance scale to store")
     args = ap.parse_args()
     from melfusion.pipeline import MelFusionPipeline
 
     pipe = MelFusionPipeline.from_pretrained(args.model)
+    if args.image_guidance is not None:
+        pipe.defaults["image_guidance_scale"] = args.image_guidance
     out = pipe.save_pretrained(args.out)
     for f in out.rglob("*.safetensors"):
         tensors = load_file(str(f))

@@ -36,7 +36,7 @@ def test_record_seeds_depend_on_the_id_and_the_seed_only():
 def test_generate_set_is_resumable_and_deterministic(fixture, tmp_path, capsys):
     manifest = fixture[0]
     assert _generate(manifest, tmp_path / "a", "--limit", "1") == 0
-    assert [p.name for p in (tmp_path / "a").iterdir()] == ["fx-000.wav"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["fx-000.wav", "generate-set.json"]
     first = (tmp_path / "a" / "fx-000.wav").stat().st_mtime_ns
     capsys.readouterr()
     # A rerun over the whole split makes only the missing clips and leaves the other alone.
@@ -67,8 +67,40 @@ def test_evaluate_writes_a_json_report_and_a_table(fixture, tmp_path, capsys):
         assert np.isfinite(report[key])
     assert report["fd"] > 0 and 0 < report["imsm"] <= report["imsm_ceiling"]
     assert set(report["accuracy"]) == {"genre", "mode", "energy"}
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    test = {r["id"]: r for r in records if r["split"] == "test"}
+    assert set(report["predictions"]) == set(test)
+    for key in ("genre", "mode", "energy"):  # the accuracies are the predictions' agreement with the labels
+        agree = np.mean([p[key] == test[i][key] for i, p in report["predictions"].items()])
+        assert abs(agree - report["accuracy"][key]) < 1e-9
+    assert {p["mode"] for p in report["predictions"].values()} <= {"major", "minor"}
     table = capsys.readouterr().out
     assert "| noisy |" in table and (tmp_path / "report.md").read_text().startswith("| Method | FD")
+
+
+def test_generate_set_refuses_to_mix_settings_in_one_folder(fixture, tmp_path, capsys):
+    manifest = fixture[0]
+    assert _generate(manifest, tmp_path / "a", "--limit", "1") == 0
+    settings = json.loads((tmp_path / "a" / "generate-set.json").read_text())
+    assert settings["steps"] == 2 and settings["model"] == "tiny" and settings["seed"] == 0
+    capsys.readouterr()
+    # Other steps, seed or image guidance would make the missing clips another way: refused, nothing made.
+    for steps, more in (("3", ()), ("2", ("--seed", "1")), ("2", ("--image-guidance", "5"))):
+        assert main(["generate-set", "--manifest", str(manifest), "--split", "test", "--model", "tiny",
+                     "--out", str(tmp_path / "a"), "--steps", steps, "--duration", "1.0", "--quiet", *more]) == 2
+        err = capsys.readouterr().err
+        assert "use another --out folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.wav")) == ["fx-000.wav"]
+    # The same settings with another --limit, --shard or --batch-size resume.
+    assert _generate(manifest, tmp_path / "a", "--shard", "1/2", "--batch-size", "2") == 0
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.wav")) == ["fx-000.wav", "fx-001.wav"]
+    # A folder of clips from before the settings were recorded: a note, and no settings claimed for them.
+    (tmp_path / "old").mkdir()
+    shutil.copy(tmp_path / "a" / "fx-000.wav", tmp_path / "old")
+    capsys.readouterr()
+    assert _generate(manifest, tmp_path / "old", "--limit", "2") == 0
+    assert "settings cannot be checked" in capsys.readouterr().err
+    assert not (tmp_path / "old" / "generate-set.json").exists()
 
 
 def _evaluate(fixture, gen, tmp_path, *extra):
@@ -143,8 +175,8 @@ def test_generate_set_clips_do_not_depend_on_the_batch_size(fixture, tmp_path):
     manifest = fixture[0]
     assert _generate(manifest, tmp_path / "one", "--batch-size", "1") == 0
     assert _generate(manifest, tmp_path / "three", "--batch-size", "3") == 0
-    names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "three").iterdir()) and len(names) == 3
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.wav"))
+    assert names == sorted(p.name for p in (tmp_path / "three").glob("*.wav")) and len(names) == 3
     waves = {}
     for name in names:
         a, _ = sf.read(tmp_path / "one" / name)
@@ -166,9 +198,9 @@ def test_generate_set_shards_split_the_records_between_processes(fixture, tmp_pa
     manifest = fixture[0]
     assert _generate(manifest, tmp_path / "all") == 0
     assert _generate(manifest, tmp_path / "parts", "--shard", "1/2") == 0
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["fx-001.wav"]
+    assert sorted(p.name for p in (tmp_path / "parts").glob("*.wav")) == ["fx-001.wav"]
     assert _generate(manifest, tmp_path / "parts", "--shard", "0/2") == 0
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["fx-000.wav", "fx-001.wav", "fx-002.wav"]
+    assert sorted(p.name for p in (tmp_path / "parts").glob("*.wav")) == ["fx-000.wav", "fx-001.wav", "fx-002.wav"]
     for name in ("fx-000.wav", "fx-001.wav", "fx-002.wav"):
         assert (tmp_path / "all" / name).read_bytes() == (tmp_path / "parts" / name).read_bytes()
     capsys.readouterr()

@@ -45,6 +45,34 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
     return k, n
 
 
+SETTINGS_FILE = "generate-set.json"
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """A folder holds clips made one way: its settings are written with the first clip, and a rerun that
+    would make its missing clips another way (other model, steps, guidance, seed, ...) is refused."""
+    from melfusion.atomic import atomic_file
+
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MelFusionError(f"{path} is unreadable ({exc}); delete it only if every clip was made "
+                                 f"with this command's settings") from None
+        changed = [k for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
+        if changed:
+            k = changed[0]
+            raise MelFusionError(f"{out} was made with {k}={before.get(k)!r}, this run has {settings.get(k)!r} "
+                                 f"({', '.join(changed)} differ); use another --out folder")
+        return
+    if any(out.glob("*.wav")):  # clips from before settings were recorded: nothing to check them against
+        print(f"note: {out} has clips but no {SETTINGS_FILE}; their settings cannot be checked", file=sys.stderr)
+        return
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def _generate_set(args) -> int:
     import torch
     from tqdm import tqdm
@@ -75,13 +103,17 @@ def _generate_set(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MelFusionError(f"--out must be a folder: {out}")
+    # What decides a clip (not --limit, --shard or --batch-size: a clip does not depend on them).
+    model = args.model if args.model is None or not Path(args.model).exists() else str(Path(args.model).resolve())
+    _check_settings(out, {"manifest": str(Path(args.manifest).resolve()), "split": args.split, "model": model,
+                          "steps": args.steps, "guidance": args.guidance, "image_guidance": args.image_guidance,
+                          "duration": args.duration, "seed": args.seed, "shuffle_images": args.shuffle_images})
     todo = [e for e in entries if not (out / f"{e.id}.wav").is_file()]
     if not todo:
         print(f"{out}: all {len(entries)} clips already there", file=sys.stderr)
         return 0
     _quiet_libraries()
     pipe = load_model(args.model, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc="generate-set", unit="clip", disable=args.quiet, file=sys.stderr)
     for start in range(0, len(todo), args.batch_size):
         batch = todo[start:start + args.batch_size]

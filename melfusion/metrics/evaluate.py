@@ -90,6 +90,8 @@ def evaluate_features(entries, reference: Sequence[torch.Tensor], generated: Seq
 
     pred = audio.predict(go)
     result["accuracy"] = {k: float(np.mean([p == e.record.get(k) for p, e in zip(pred[k], entries)])) for k in LABELS}
+    # Each clip's predicted labels, so two systems can be compared record by record (paired tests).
+    result["predictions"] = {e.record["id"]: {k: pred[k][i] for k in LABELS} for i, e in enumerate(entries)}
     return result
 
 
