@@ -13,7 +13,6 @@ ceiling for issue 5's genre, mode and energy bars).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from melfusion.audio.io import read_audio, write_wav
 from melfusion.audio.mel import MelSpectrogram, fit_frames
+from melfusion.metrics.evaluate import load_reference
 from melfusion.pipeline import MelFusionPipeline
 
 
@@ -36,23 +36,21 @@ def main() -> None:
     torch.set_grad_enabled(False)
     pipe = MelFusionPipeline.from_pretrained(args.model)
     mel = MelSpectrogram(pipe.mel)
-    manifest = Path(args.manifest)
-    records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    records = [r for r in records if r.get("split") == args.split][: args.limit]
+    entries = load_reference(args.manifest, args.split)[: args.limit]
     out = Path(args.out)
     for sub in ("vocoder", "vae"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     errors = []
-    for record in tqdm(records, desc="re-synthesising"):
-        if (out / "vae" / f"{record['id']}.wav").exists():
+    for entry in tqdm(entries, desc="re-synthesising"):
+        if (out / "vae" / f"{entry.id}.wav").exists():
             continue
-        wave = torch.from_numpy(read_audio(manifest.parent / record["audio"], pipe.sample_rate))
+        wave = torch.from_numpy(read_audio(entry.audio_path, pipe.sample_rate))
         n = wave.shape[-1]
         log_mel = fit_frames(mel(wave), pipe.frames_for(n / pipe.sample_rate))
         recon = pipe.audio_vae.decode(pipe.audio_vae.encode(log_mel))
         errors.append(float((recon - log_mel).abs().mean()))
-        write_wav(out / "vocoder" / f"{record['id']}.wav", pipe.vocoder(log_mel)[0, :n].numpy(), pipe.sample_rate)
-        write_wav(out / "vae" / f"{record['id']}.wav", pipe.vocoder(recon)[0, :n].numpy(), pipe.sample_rate)
+        write_wav(out / "vocoder" / f"{entry.id}.wav", pipe.vocoder(log_mel)[0, :n].numpy(), pipe.sample_rate)
+        write_wav(out / "vae" / f"{entry.id}.wav", pipe.vocoder(recon)[0, :n].numpy(), pipe.sample_rate)
     if errors:
         print(f"{len(errors)} clips; VAE round trip log-mel L1 {sum(errors) / len(errors):.4f}")
 
