@@ -8,6 +8,7 @@ this reports, it does not gate.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -33,6 +34,13 @@ def bars(model: dict, text: dict, shuffled: dict, control: dict | None = None) -
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _records(manifest: str) -> dict[str, dict]:
+    """The manifest's records by id, read once however many comparisons use it."""
+    with open(manifest) as f:
+        return {r["id"]: r for r in map(json.loads, filter(str.strip, f))}
+
+
 def paired(a: dict, b: dict, key: str) -> tuple[int, int, int, float] | None:
     """Records on which `a` is right and `b` wrong, the reverse, the records both scored, and the exact
     two-sided sign-test p-value over those discordant pairs (McNemar's exact test). None when either
@@ -40,8 +48,7 @@ def paired(a: dict, b: dict, key: str) -> tuple[int, int, int, float] | None:
     pa, pb = a.get("predictions"), b.get("predictions")
     if not pa or not pb:
         return None
-    with open(a["reference"]) as f:
-        truth = {r["id"]: r for r in map(json.loads, filter(str.strip, f))}
+    truth = _records(a["reference"])
     shared = sorted(set(pa) & set(pb))
     right_a = sum(pa[i][key] == truth[i][key] and pb[i][key] != truth[i][key] for i in shared)
     right_b = sum(pb[i][key] == truth[i][key] and pa[i][key] != truth[i][key] for i in shared)
@@ -55,8 +62,8 @@ def main() -> int:
     reports = {name: json.loads((root / f"{name}.json").read_text())
                for name in ("melfusion", "text-only", "shuffled-images")}
     n = {name: r.get("n", r.get("records")) for name, r in reports.items()}
-    control = root / "melfusion-control.json"  # the model on the shuffled run's records, if it made fewer
-    control = json.loads(control.read_text()) if control.is_file() else None
+    control_path = root / "melfusion-control.json"  # the model on the shuffled run's records, if it made fewer
+    control = json.loads(control_path.read_text()) if control_path.is_file() else None
     print(f"records scored: {n}")
     for name, ok, figures in bars(reports["melfusion"], reports["text-only"], reports["shuffled-images"], control):
         print(f"{'PASS' if ok else 'MISS'}  {name:34s} {figures}")
