@@ -103,6 +103,31 @@ def test_generate_set_refuses_to_mix_settings_in_one_folder(fixture, tmp_path, c
     assert not (tmp_path / "old" / "generate-set.json").exists()
 
 
+def test_generate_set_notices_a_model_retrained_in_place(fixture, tmp_path, capsys):
+    from melfusion import presets
+
+    manifest = fixture[0]
+    presets.build("tiny", seed=0).save_pretrained(tmp_path / "model")
+    run = ["generate-set", "--manifest", str(manifest), "--split", "test", "--model", str(tmp_path / "model"),
+           "--out", str(tmp_path / "a"), "--steps", "2", "--duration", "1.0", "--quiet"]
+    assert main(run + ["--limit", "1"]) == 0
+    settings = json.loads((tmp_path / "a" / "generate-set.json").read_text())
+    assert len(settings["weights"]) == 20
+    # Other weights at the same path (a retrained model saved over the old one): refused, nothing made.
+    shutil.rmtree(tmp_path / "model")
+    presets.build("tiny", seed=1).save_pretrained(tmp_path / "model")
+    capsys.readouterr()
+    assert main(run + ["--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "weights=" in err and "use another --out folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.wav")) == ["fx-000.wav"]
+    # A folder whose settings predate the digest is checked on the rest, and resumes.
+    del settings["weights"]
+    (tmp_path / "a" / "generate-set.json").write_text(json.dumps(settings))
+    assert main(run + ["--limit", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.wav")) == ["fx-000.wav", "fx-001.wav"]
+
+
 def _evaluate(fixture, gen, tmp_path, *extra):
     manifest, judges, _ = fixture
     return main(["evaluate", "--generated", str(gen), "--reference", str(manifest), "--judges", str(judges),

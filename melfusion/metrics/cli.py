@@ -60,7 +60,9 @@ def _check_settings(out: Path, settings: dict) -> None:
         except (OSError, ValueError) as exc:
             raise MelFusionError(f"{path} is unreadable ({exc}); delete it only if every clip was made "
                                  f"with this command's settings") from None
-        changed = [k for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
+        # "weights" was added later: a folder whose file predates it is checked on everything else.
+        keys = sorted((set(before) | set(settings)) - ({"weights"} - set(before)))
+        changed = [k for k in keys if before.get(k) != settings.get(k)]
         if changed:
             k = changed[0]
             raise MelFusionError(f"{out} was made with {k}={before.get(k)!r}, this run has {settings.get(k)!r} "
@@ -71,6 +73,25 @@ def _check_settings(out: Path, settings: dict) -> None:
         return
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def weights_digest(model: str | None) -> str | None:
+    """The saved weights' SHA-256 (their paths and bytes), so that a model retrained or re-exported in
+    place is not taken for the one that made a folder's clips; None for a preset's random weights."""
+    import hashlib
+
+    from melfusion.cli import DEFAULT_MODEL_DIR
+
+    root = DEFAULT_MODEL_DIR if model is None else Path(model)
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.safetensors")):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:20]
 
 
 def _generate_set(args) -> int:
@@ -107,7 +128,8 @@ def _generate_set(args) -> int:
     model = args.model if args.model is None or not Path(args.model).exists() else str(Path(args.model).resolve())
     _check_settings(out, {"manifest": str(Path(args.manifest).resolve()), "split": args.split, "model": model,
                           "steps": args.steps, "guidance": args.guidance, "image_guidance": args.image_guidance,
-                          "duration": args.duration, "seed": args.seed, "shuffle_images": args.shuffle_images})
+                          "duration": args.duration, "seed": args.seed, "shuffle_images": args.shuffle_images,
+                          "weights": weights_digest(args.model)})
     todo = [e for e in entries if not (out / f"{e.id}.wav").is_file()]
     if not todo:
         print(f"{out}: all {len(entries)} clips already there", file=sys.stderr)
