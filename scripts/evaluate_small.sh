@@ -21,6 +21,7 @@ MODEL=${MODEL:-runs/small/music/model}
 BASELINE=${BASELINE:-runs/small/music-text-only/model}
 OUT=${OUT:-runs/eval}
 JOBS=${JOBS:-1}
+[ "$CONTROL_N" -le "$N" ] || { echo "error: CONTROL_N ($CONTROL_N) must be at most N ($N)" >&2; exit 2; }
 mkdir -p "$OUT"
 
 generate() {  # generate-set in JOBS shards side by side (one thread each when JOBS > 1)
