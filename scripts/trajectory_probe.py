@@ -11,11 +11,13 @@ Prints each step's validation accuracy for mode (major/minor) and energy (drivin
 """
 from __future__ import annotations
 
-import json
 import sys
 
 import torch
 from safetensors.torch import load_file
+
+from melfusion.errors import MelFusionError
+from melfusion.metrics.evaluate import load_reference
 
 
 def features(traj: torch.Tensor, k: int) -> torch.Tensor:
@@ -46,17 +48,21 @@ def main() -> int:
         return 2
     manifest, train_path, val_path = sys.argv[1:]
     torch.manual_seed(0)
-    rows = [json.loads(line) for line in open(manifest) if line.strip()]
-    split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val")}
+    try:  # the manifest read as the training stage read it, so rows line up with the caches
+        split = {s: [e.record for e in load_reference(manifest, s)] for s in ("train", "val")}
+    except MelFusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     train, val = load_file(train_path), load_file(val_path)
     if len(train["latents"]) != len(split["train"]) or len(val["latents"]) != len(split["val"]):
         print("error: the caches do not hold the manifest's train and val splits", file=sys.stderr)
         return 2
     steps = [int(t) for t in train["timesteps"]]
+    feats = [(features(train["latents"], k), features(val["latents"], k)) for k in range(len(steps))]
     for key, positive in (("mode", "major"), ("energy", "driving")):
         y = torch.tensor([float(r[key] == positive) for r in split["train"]])
         yv = torch.tensor([float(r[key] == positive) for r in split["val"]])
-        accs = [probe(features(train["latents"], k), y, features(val["latents"], k), yv) for k in range(len(steps))]
+        accs = [probe(x, y, xv, yv) for x, xv in feats]
         base = max(yv.mean().item(), 1 - yv.mean().item())
         print(f"{key}: majority class {base:.3f}; probe by timestep: "
               + " ".join(f"{t}:{a:.3f}" for t, a in zip(steps, accs)))

@@ -25,7 +25,8 @@ def test_the_probe_reads_what_the_latents_carry_and_only_that(tmp_path, capsys, 
         split = "train" if i < 160 else "val"
         major = i % 2 == 0
         labels[split].append(major)
-        rows.append({"id": f"r{i}", "split": split, "mode": "major" if major else "minor",
+        rows.append({"id": f"r{i}", "image": f"r{i}.png", "caption": "a song", "audio": f"r{i}.wav",
+                     "split": split, "mode": "major" if major else "minor",
                      "energy": "driving" if torch.rand(1, generator=gen).item() < 0.5 else "calm"})
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))

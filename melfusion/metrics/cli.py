@@ -60,9 +60,9 @@ def _check_settings(out: Path, settings: dict) -> None:
         except (OSError, ValueError) as exc:
             raise MelFusionError(f"{path} is unreadable ({exc}); delete it only if every clip was made "
                                  f"with this command's settings") from None
-        # "weights" was added later: a folder whose file predates it is checked on everything else.
-        keys = sorted((set(before) | set(settings)) - ({"weights"} - set(before)))
-        changed = [k for k in keys if before.get(k) != settings.get(k)]
+        # Compared on the keys the folder's file has: one written before a setting was recorded
+        # (such as "weights") is checked on the rest.
+        changed = [k for k in sorted(before) if before[k] != settings.get(k)]
         if changed:
             k = changed[0]
             raise MelFusionError(f"{out} was made with {k}={before.get(k)!r}, this run has {settings.get(k)!r} "
