@@ -142,13 +142,20 @@ class MelFusionPipeline:
         traj = self.t2i.invert(latent, num_steps, capture_tokens=self.text_encoder.max_length,
                                refine_iters=int(self.defaults.get("inversion_refine") or 0), progress=bar.update)
         bar.close()
+        stats = self.music.synapse.config.stats_timesteps
+        if stats and traj.timesteps[1:] != stats:
+            raise MelFusionError(f"the image was inverted at timesteps {traj.timesteps[1:]}, but the synapse's "
+                                 f"image statistics were measured at {stats}")
         return traj
 
     def image_features(self, trajectory: ImageTrajectory, music_timestep: int):
-        """The synapse's input at a music step: features of the inverted step at the same noise fraction."""
+        """The synapse's input at a music step: features of the inverted step at the same noise
+        fraction, standardised by the model's image statistics."""
         idx = trajectory.index_for(float(music_timestep) / self.music.num_train_timesteps)
         kv = trajectory.features[idx]
-        return [kv[i] for i in self._partner_index]
+        batch = kv[0][0].shape[0]
+        return self.music.synapse.standardize([kv[i] for i in self._partner_index],
+                                              torch.full((batch,), idx - 1, dtype=torch.long))
 
     def image_features_for_training(self, trajectory: ImageTrajectory, timesteps: torch.Tensor):
         """Per-sample features for a batch of music timesteps, from one T2I UNet pass.
@@ -161,7 +168,18 @@ class MelFusionPipeline:
         latents = trajectory.latents[torch.tensor(idx) - trajectory.feature_offset, b]
         t2i_steps = torch.tensor([trajectory.timesteps[i] for i in idx])
         kv = self.t2i.features(latents, t2i_steps, self.text_encoder.max_length)
-        return [kv[i] for i in self._partner_index]
+        return self.music.synapse.standardize([kv[i] for i in self._partner_index], torch.tensor(idx) - 1)
+
+    def inversion_steps_for(self, requested: int | None, denoising_steps: int) -> int:
+        """The inversion's step count: the one the model was trained on where it says so (its
+        image statistics were measured on those steps; other steps feed features it never saw)."""
+        stats = self.music.synapse.config.stats_timesteps if self.conditioning == "synapse" else []
+        trained = self.defaults.get("inversion_steps")
+        steps = int(requested or trained or denoising_steps)
+        if stats and steps != len(stats):
+            raise MelFusionError(f"this model was trained on {len(stats)}-step image inversions; "
+                                 f"{steps} inversion steps would feed the synapse features it never saw")
+        return steps
 
     @torch.no_grad()
     def __call__(self, image, prompt, duration_s: float | None = None, num_inference_steps: int | None = None,
@@ -172,9 +190,7 @@ class MelFusionPipeline:
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
         guidance = float(d["guidance_scale"] if guidance_scale is None else guidance_scale)
-        if inversion_steps is None:
-            inversion_steps = d.get("inversion_steps") or steps
-        inv_steps = int(inversion_steps)
+        inv_steps = self.inversion_steps_for(inversion_steps, steps)
         if not 1 <= steps <= 1000 or not 1 <= inv_steps <= 1000:
             raise MelFusionError("the number of steps must be between 1 and 1000")
         if not math.isfinite(guidance) or not 0 <= guidance <= 50:
@@ -228,9 +244,10 @@ class MelFusionPipeline:
         scheduler = DDIMScheduler.from_config(self.music.scheduler_config)
         scheduler.set_timesteps(steps)
         latents = latents * scheduler.init_noise_sigma
-        # Classifier-free guidance. Unconditional: empty caption and no image (the synapse then
-        # reduces to text only). With a separate image scale a third pass, caption without image,
-        # splits the two terms: e = e(-,-) + g (e(T,-) - e(-,-)) + g_img (e(T,I) - e(T,-)).
+        # Classifier-free guidance. Unconditional: empty caption and the null image. With a
+        # separate image scale a third pass, caption with the null image, splits the two terms:
+        # e = e(-,-) + g (e(T,-) - e(-,-)) + g_img (e(T,I) - e(T,-)); the caption has the same
+        # weight in e(T,-) as in e(T,I), so the image term adds the picture and nothing else.
         guided = guidance != 1.0 or image_guidance is not None
         if image_guidance is not None:
             passes = [(null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0), (text, mask, 0.0), (text, mask, 1.0)]

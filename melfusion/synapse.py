@@ -10,12 +10,23 @@ where K_img, V_img are the self-attention keys and values of the paired T2I deco
 the music layer's inner width, and `a` is one scalar per layer in [0, 1], learned (through a
 sigmoid) or fixed. `a = 0` is the text-only model; `a = 1` ignores the caption in that layer.
 
-Text padding: the text-only layer masks padded caption tokens. Blended, a padded slot holds
-only image content, so its mask is softened to `log((1 - a) * m + a)` for mask `m` in {0, 1}:
-exactly the text mask at `a = 0`, no mask at `a = 1`.
+Image statistics: the T2I features carry a large part shared by every picture (per inverted
+step, token and channel). `standardize` subtracts the training set's mean and divides by its
+spread (`set_statistics`, stored with the weights), so what reaches Pk, Pv is what tells one
+picture from another; the all-zero feature is then the average picture.
 
-`image_present` (batch,) multiplies `a` per sample: 0 drops the image for that sample (used
-for classifier-free guidance and condition dropout), which reduces the layer to text only.
+An absent image (classifier-free guidance's unconditional branch, image dropout, a text-only
+model) is the null image: all-zero features, with `a` left as it is, so the caption keeps its
+weight (1 - a) whether or not there is a picture and an image guidance term adds the picture
+and nothing else (`absent = "null-image"`). Models saved before this (no `absent` in their
+config) read an absent image as `a = 0` (`"alpha-zero"`), as they were trained.
+
+`zero_projections()` starts the image path neutral: a synapse added to a trained text-only
+model (run on the null image) then leaves its output unchanged until training moves it.
+
+Text padding: the text-only layer masks padded caption tokens. Blended, a padded slot holds
+image content, so its mask is softened to `log((1 - a) * m + a)` for mask `m` in {0, 1}:
+exactly the text mask at `a = 0`, no mask at `a = 1`.
 """
 from __future__ import annotations
 
@@ -32,6 +43,8 @@ from melfusion.weights import load_module, save_module
 CONFIG_NAME = "synapse_config.json"
 WEIGHTS_NAME = "synapse.safetensors"
 MASK_FLOOR = -10000.0  # the bias diffusers uses for a masked key
+ABSENT = ("null-image", "alpha-zero")
+STAT_NAMES = ("k_mean", "k_std", "v_mean", "v_std")
 
 
 @dataclass
@@ -43,6 +56,12 @@ class SynapseConfig:
     alpha: str | float = "learned"
     alpha_init: float = 0.5
     enabled: bool = True
+    # What an absent image means: "null-image" (zero features, alpha kept) or, for models saved
+    # before it existed, "alpha-zero" (the layer falls back to text only).
+    absent: str = "null-image"
+    # The inverted T2I timesteps the image statistics were measured at (empty: not standardised).
+    stats_timesteps: list[int] = field(default_factory=list)
+    stats_tokens: int = 0
     # Filled in when the synapse is built: the music layers it sits in and their T2I partners.
     layers: list[str] = field(default_factory=list)
     partners: list[str] = field(default_factory=list)
@@ -57,12 +76,20 @@ class SynapseConfig:
             raise MelFusionError(f"synapse alpha must lie in [0, 1], got {self.alpha}")
         if not 0.0 < self.alpha_init < 1.0:
             raise MelFusionError(f"synapse alpha_init must lie strictly between 0 and 1, got {self.alpha_init}")
+        if self.absent not in ABSENT:
+            raise MelFusionError(f"synapse absent must be one of {', '.join(ABSENT)}, not {self.absent!r}")
+
+    @property
+    def standardize(self) -> bool:
+        return bool(self.stats_timesteps)
 
 
 class SynapseLayer(torch.nn.Module):
-    """The learned part of one blended layer: the image projections and the layer's alpha."""
+    """The learned part of one blended layer: the image projections, the layer's alpha and, once
+    measured, the statistics its image features are standardised with."""
 
-    def __init__(self, image_dim: int, music_dim: int, alpha: str | float, alpha_init: float):
+    def __init__(self, image_dim: int, music_dim: int, alpha: str | float, alpha_init: float,
+                 stats_shape: tuple[int, int] | None = None):
         super().__init__()
         self.to_k_image = torch.nn.Linear(image_dim, music_dim, bias=False)
         self.to_v_image = torch.nn.Linear(image_dim, music_dim, bias=False)
@@ -70,12 +97,24 @@ class SynapseLayer(torch.nn.Module):
             self.alpha_logit = torch.nn.Parameter(torch.tensor(math.log(alpha_init / (1 - alpha_init))))
         else:
             self.register_buffer("fixed_alpha", torch.tensor(float(alpha)))
+        if stats_shape is not None:
+            steps, tokens = stats_shape
+            for name in STAT_NAMES:
+                shape = (steps, tokens, image_dim) if name.endswith("mean") else (steps, 1, image_dim)
+                self.register_buffer(name, torch.zeros(shape) if name.endswith("mean") else torch.ones(shape))
 
     @property
     def alpha(self) -> torch.Tensor:
         if hasattr(self, "alpha_logit"):
             return torch.sigmoid(self.alpha_logit)
         return self.fixed_alpha
+
+    def standardize(self, k: torch.Tensor, v: torch.Tensor, step_index: torch.Tensor):
+        """`(batch, tokens, dim)` features read at inverted steps `step_index` (batch,), counted from 0."""
+        if not hasattr(self, "k_mean"):
+            return k, v
+        i = step_index.to(k.device)
+        return (k - self.k_mean[i]) / self.k_std[i], (v - self.v_mean[i]) / self.v_std[i]
 
 
 class SynapseProcessor:
@@ -89,17 +128,27 @@ class SynapseProcessor:
         hidden_states, context, restore = prepare_inputs(attn, hidden_states, encoder_hidden_states, temb)
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         bias = bias_shape(attention_mask)
-        image = self.synapse.image_kv
-        if image is not None:
-            layer = self.synapse.layers[self.index]
-            k_img, v_img = image[self.index]
-            a = layer.alpha.to(key.dtype) * self.synapse.image_present.to(key.dtype)[:, None, None]
-            key = a * layer.to_k_image(k_img.to(key.dtype)) + (1 - a) * key
-            value = a * layer.to_v_image(v_img.to(value.dtype)) + (1 - a) * value
+        syn = self.synapse
+        null_image = syn.config.absent == "null-image"
+        if syn.config.enabled and (syn.image_kv is not None or null_image):
+            layer = syn.layers[self.index]
+            a = layer.alpha.to(key.dtype).expand(key.shape[0])
+            if syn.image_kv is None:  # the null image for the whole batch
+                dim = layer.to_k_image.in_features
+                k_img = v_img = torch.zeros(key.shape[0], key.shape[1], dim, dtype=key.dtype, device=key.device)
+            else:
+                k_img, v_img = (x.to(key.dtype) for x in syn.image_kv[self.index])
+                present = syn.image_present.to(key.dtype)[:, None, None]
+                if null_image:
+                    k_img, v_img = k_img * present, v_img * present
+                else:
+                    a = a * present[:, 0, 0]
+            a = a[:, None, None]
+            key = a * layer.to_k_image(k_img) + (1 - a) * key
+            value = a * layer.to_v_image(v_img) + (1 - a) * value
             if bias is not None:
                 # log((1 - a) * m + a): 0 where the caption has a token, log(a) where it is padding.
-                # Written with `where` so that a = 0 (image dropped) gives the text mask exactly
-                # and no infinite gradient.
+                # Written with `where` so that a = 0 gives the text mask exactly and no infinite gradient.
                 keep = bias > MASK_FLOOR / 2  # (batch, 1, 1, keys)
                 a4 = a[:, :, :, None]
                 padded = torch.where(a4 > 0, torch.log(a4.clamp(min=1e-12)), torch.full_like(a4, MASK_FLOOR))
@@ -131,8 +180,9 @@ class VisualSynapse(torch.nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.layers = torch.nn.ModuleList(
-            SynapseLayer(i, m, config.alpha, config.alpha_init) for i, m in zip(config.image_dims, config.music_dims))
+        stats = (len(config.stats_timesteps), config.stats_tokens) if config.standardize else None
+        self.layers = torch.nn.ModuleList(SynapseLayer(i, m, config.alpha, config.alpha_init, stats)
+                                          for i, m in zip(config.image_dims, config.music_dims))
         # Per-call context, set by `condition` around a music UNet forward pass.
         self.image_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.image_present: torch.Tensor | None = None
@@ -173,7 +223,9 @@ class VisualSynapse(torch.nn.Module):
         """Context manager: the music UNet's forward passes inside it see these image features.
 
         `image_kv`: per synapse layer `(keys, values)`, `(batch, tokens, image_dim)`, already
-        ordered like `config.partners`. `None` runs the layers text-only.
+        ordered like `config.partners` (and standardised, see `standardize`). `None`: no image
+        (the null image; text only for `absent = "alpha-zero"`). `image_present` (batch,) marks
+        the samples whose image is absent with 0.
         """
         synapse = self
 
@@ -191,6 +243,40 @@ class VisualSynapse(torch.nn.Module):
 
         return _Ctx()
 
+    # -- image statistics ----------------------------------------------------------------------
+    def standardize(self, image_kv, step_index: torch.Tensor):
+        """Per layer `(keys, values)` read at inverted steps `step_index` (batch,), counted from 0
+        (the trajectory's first step after the clean latent), minus the training set's mean and
+        over its spread at that step; unchanged when no statistics were measured."""
+        return [layer.standardize(k, v, step_index) for layer, (k, v) in zip(self.layers, image_kv)]
+
+    @torch.no_grad()
+    def set_statistics(self, timesteps: list[int], features_at) -> None:
+        """Measure the statistics on training features: `features_at(i)` returns, per synapse
+        layer, `(keys, values)` of shape `(records, tokens, dim)` read at inverted step i (from 0)."""
+        means = {name: [[] for _ in self.layers] for name in STAT_NAMES}
+        tokens = 0
+        for i in range(len(timesteps)):
+            for j, (k, v) in enumerate(features_at(i)):
+                tokens = k.shape[1]
+                for prefix, x in (("k", k.float()), ("v", v.float())):
+                    mean = x.mean(0)
+                    means[f"{prefix}_mean"][j].append(mean)
+                    means[f"{prefix}_std"][j].append((x - mean).square().mean(dim=(0, 1)).sqrt()[None].clamp(min=1e-4))
+        for j, layer in enumerate(self.layers):
+            for name in STAT_NAMES:
+                layer.register_buffer(name, torch.stack(means[name][j]).contiguous())
+        self.config.stats_timesteps = [int(t) for t in timesteps]
+        self.config.stats_tokens = int(tokens)
+
+    @torch.no_grad()
+    def zero_projections(self) -> None:
+        """Pk = Pv = 0: every picture reads as the null image until training moves them (their
+        gradients are not zero, so they do move)."""
+        for layer in self.layers:
+            layer.to_k_image.weight.zero_()
+            layer.to_v_image.weight.zero_()
+
     def alphas(self) -> list[float]:
         return [float(layer.alpha.detach()) for layer in self.layers]
 
@@ -199,4 +285,17 @@ class VisualSynapse(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "VisualSynapse":
-        return load_module(cls, SynapseConfig, directory, CONFIG_NAME, WEIGHTS_NAME, "visual synapse")
+        def config(**saved):
+            # Saved before `absent` existed: trained with an absent image as alpha = 0.
+            return SynapseConfig(**({"absent": "alpha-zero"} | saved))
+
+        directory = Path(directory)
+        synapse = load_module(cls, config, directory, CONFIG_NAME, WEIGHTS_NAME, "visual synapse",
+                              missing_hint=_missing_statistics)
+        return synapse
+
+
+def _missing_statistics(missing: list[str]) -> str | None:
+    if any(name.rsplit(".", 1)[-1] in STAT_NAMES for name in missing):
+        return "its config says the image features are standardised, but the image statistics are missing"
+    return None

@@ -18,8 +18,10 @@ def save_module(module: torch.nn.Module, config, directory: str | Path, config_n
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(directory / weights_name))
 
 
-def load_module(build, config_cls, directory: str | Path, config_name: str, weights_name: str, what: str):
-    """`build(config_cls(**config))` with its saved weights; any mismatch is a one-line error."""
+def load_module(build, config_cls, directory: str | Path, config_name: str, weights_name: str, what: str,
+                missing_hint=None):
+    """`build(config_cls(**config))` with its saved weights; any mismatch is a one-line error
+    (`missing_hint(missing names)` may say what the missing tensors mean)."""
     directory = Path(directory)
     try:
         module = build(config_cls(**json.loads((directory / config_name).read_text())))
@@ -28,6 +30,9 @@ def load_module(build, config_cls, directory: str | Path, config_name: str, weig
         raise
     except (OSError, TypeError, ValueError, RuntimeError) as exc:
         raise MelFusionError(f"cannot load the {what} in {directory}: {str(exc).splitlines()[0]}") from None
+    hint = missing_hint(missing) if missing and missing_hint is not None else None
+    if hint:
+        raise MelFusionError(f"the {what} in {directory}: {hint}")
     if missing or unexpected:
         raise MelFusionError(f"the {what} weights in {directory} do not match its config "
                              f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")

@@ -33,6 +33,11 @@ def _synapse(tiny_pipe, unet, **cfg):
     return syn
 
 
+def _run(unet, syn, latents, t, text, mask, kv, present=None):
+    with syn.condition(kv, present):
+        return unet(latents, t, encoder_hidden_states=text, encoder_attention_mask=mask).sample
+
+
 def test_alpha_zero_gives_exactly_the_text_only_unet(tiny_pipe):
     text_only = _music_unet()
     unet = copy.deepcopy(text_only)
@@ -51,17 +56,112 @@ def test_alpha_zero_gives_exactly_the_text_only_unet(tiny_pipe):
     assert (out_half - ref).abs().max() > 1e-4
 
 
-def test_dropping_the_image_per_sample_reduces_to_text_only(tiny_pipe):
+def test_an_absent_image_is_the_null_image_and_keeps_the_caption_weight(tiny_pipe):
     text_only = _music_unet()
     unet = copy.deepcopy(text_only)
     syn = _synapse(tiny_pipe, unet, alpha="learned")
+    assert syn.config.absent == "null-image"
+    latents, text, mask = _inputs(tiny_pipe)
+    t = torch.tensor([100, 100])
+    kv = _image_kv(syn, 2)
+    zeros = [(torch.zeros_like(k), torch.zeros_like(v)) for k, v in kv]
+    dropped = _run(unet, syn, latents, t, text, mask, kv, torch.tensor([0.0, 1.0]))
+    # The dropped sample sees all-zero image features, bit for bit, and so does a batch run with
+    # no image at all (a text-only request, guidance's unconditional and caption-only branches).
+    assert torch.equal(dropped[0], _run(unet, syn, latents, t, text, mask, zeros)[0])
+    assert torch.equal(dropped[0], _run(unet, syn, latents, t, text, mask, None)[0])
+    assert torch.equal(dropped[1], _run(unet, syn, latents, t, text, mask, kv)[1])
+    # The caption keeps its weight (1 - a): not the text-only network's full weight (a = 0).
+    ref = text_only(latents, t, encoder_hidden_states=text, encoder_attention_mask=mask).sample
+    assert (dropped[0] - ref[0]).abs().max() > 1e-4
+    assert (dropped[1] - dropped[0]).abs().max() > 1e-4
+
+
+def test_models_saved_before_the_null_image_still_read_an_absent_image_as_alpha_zero(tiny_pipe, tmp_path):
+    import json
+
+    text_only = _music_unet()
+    unet = copy.deepcopy(text_only)
+    syn = _synapse(tiny_pipe, unet, alpha="learned")
+    syn.save_pretrained(tmp_path / "syn")
+    saved = json.loads((tmp_path / "syn" / "synapse_config.json").read_text())
+    del saved["absent"]
+    (tmp_path / "syn" / "synapse_config.json").write_text(json.dumps(saved))
+    legacy = VisualSynapse.from_pretrained(tmp_path / "syn")
+    assert legacy.config.absent == "alpha-zero"
+    legacy.attach(unet)
     latents, text, mask = _inputs(tiny_pipe)
     t = torch.tensor([100, 100])
     ref = text_only(latents, t, encoder_hidden_states=text, encoder_attention_mask=mask).sample
-    with syn.condition(_image_kv(syn, 2), image_present=torch.tensor([0.0, 1.0])):
-        out = unet(latents, t, encoder_hidden_states=text, encoder_attention_mask=mask).sample
+    out = _run(unet, legacy, latents, t, text, mask, _image_kv(legacy, 2), torch.tensor([0.0, 1.0]))
     assert torch.allclose(out[0], ref[0], atol=1e-6)
     assert (out[1] - ref[1]).abs().max() > 1e-4
+    assert torch.allclose(_run(unet, legacy, latents, t, text, mask, None), ref, atol=1e-6)
+
+
+def test_a_fresh_synapse_starts_neutral(tiny_pipe):
+    """Zero projections: added to a trained text-only model, the picture changes nothing yet."""
+    unet = _music_unet()
+    syn = _synapse(tiny_pipe, unet, alpha="learned")
+    syn.zero_projections()  # as training starts every synapse
+    assert all(not layer.to_k_image.weight.detach().any() and not layer.to_v_image.weight.detach().any()
+               for layer in syn.layers)
+    latents, text, mask = _inputs(tiny_pipe)
+    t = torch.tensor([300, 700])
+    with_image = _run(unet, syn, latents, t, text, mask, _image_kv(syn, 2))
+    assert torch.equal(with_image, _run(unet, syn, latents, t, text, mask, None))
+    with torch.no_grad():
+        syn.layers[0].to_v_image.weight.fill_(0.1)
+    assert (_run(unet, syn, latents, t, text, mask, _image_kv(syn, 2)) - with_image).abs().max() > 1e-4
+
+
+def test_image_statistics_standardise_features_and_travel_with_the_weights(tiny_pipe, tmp_path):
+    unet = _music_unet()
+    syn = _synapse(tiny_pipe, unet, alpha="learned")
+    g = torch.Generator().manual_seed(1)
+    steps = [1, 251, 501]
+    # Features with a large part shared by every picture (different at each step), as the T2I model's are.
+    shared = [[(10 + 3 * i + torch.randn(16, d, generator=g), -5 + torch.randn(16, d, generator=g))
+               for d in syn.config.image_dims] for i in range(len(steps))]
+    feats = [[(s_k + 0.5 * torch.randn(200, 16, s_k.shape[-1], generator=g),
+               s_v + 2.0 * torch.randn(200, 16, s_v.shape[-1], generator=g)) for s_k, s_v in step] for step in shared]
+    syn.set_statistics(steps, lambda i: feats[i])
+    assert syn.config.stats_timesteps == steps and syn.config.standardize
+    for i in range(len(steps)):
+        std = syn.standardize(feats[i], torch.full((200,), i))
+        for k, v in std:
+            assert k.mean().abs() < 0.02 and v.mean().abs() < 0.02
+            assert 0.95 < float(k.std()) < 1.05 and 0.95 < float(v.std()) < 1.05
+    # Before standardising, one step's features tell little apart from the shared part.
+    k0 = feats[0][0][0]
+    assert float(k0.mean(dim=(0, 1)).abs().mean()) > 5
+    syn.save_pretrained(tmp_path / "syn")
+    again = VisualSynapse.from_pretrained(tmp_path / "syn")
+    x = syn.standardize(feats[2], torch.full((200,), 2))
+    y = again.standardize(feats[2], torch.full((200,), 2))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(x, y))
+    # A model folder whose config says "standardised" but whose weights lack the statistics.
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(tmp_path / "syn" / "synapse.safetensors"))
+    save_file({k: v for k, v in w.items() if not k.endswith(("k_mean", "k_std", "v_mean", "v_std"))},
+              str(tmp_path / "syn" / "synapse.safetensors"))
+    with pytest.raises(MelFusionError, match="image statistics are missing"):
+        VisualSynapse.from_pretrained(tmp_path / "syn")
+
+
+def test_every_decoder_block_of_the_small_music_unet_has_synapse_layers():
+    from melfusion.presets import PRESETS
+
+    for name in ("tiny", "small"):
+        cfg = preset_config(name)
+        unet = UNet2DConditionModel(**cfg["music_unet"])
+        t2i = UNet2DConditionModel(**cfg["t2i"]["unet"])
+        syn = VisualSynapse.build(SynapseConfig(**cfg["synapse"]), unet, t2i)
+        blocks = {int(n.split(".")[1]) for n in syn.config.layers}
+        assert blocks == set(range(len(unet.up_blocks))) == {0, 1, 2}, name
+        assert len(syn.config.layers) == 6
+    assert "small" in PRESETS
 
 
 def test_alpha_one_makes_synapse_layers_ignore_the_caption(tiny_pipe):
@@ -81,9 +181,11 @@ def test_alpha_one_makes_synapse_layers_ignore_the_caption(tiny_pipe):
             out_a = attn(hidden, encoder_hidden_states=text_a, attention_mask=bias_a)
             out_b = attn(hidden, encoder_hidden_states=text_b, attention_mask=bias_b)
         assert torch.allclose(out_a, out_b, atol=1e-6)
-        # Without the image, the same layer does read the caption.
+        # With the synapse switched off, the same layer does read the caption.
+        syn.config.enabled = False
         assert (attn(hidden, encoder_hidden_states=text_a, attention_mask=bias_a)
                 - attn(hidden, encoder_hidden_states=text_b, attention_mask=bias_b)).abs().max() > 1e-4
+        syn.config.enabled = True
 
 
 def test_gradients_reach_alpha_and_projections_but_never_the_t2i_model(tiny_pipe, example_image):
@@ -91,6 +193,7 @@ def test_gradients_reach_alpha_and_projections_but_never_the_t2i_model(tiny_pipe
 
     unet = _music_unet()
     syn = _synapse(tiny_pipe, unet, alpha="learned")
+    syn.zero_projections()  # as training starts them: zero, and they still get gradients
     t2i = tiny_pipe.t2i
     z0 = t2i.encode_image(image_to_tensor(example_image, t2i.image_size)[None].repeat(2, 1, 1, 1))
     traj = t2i.invert(z0, 3, capture_tokens=tiny_pipe.text_encoder.max_length)
@@ -103,6 +206,7 @@ def test_gradients_reach_alpha_and_projections_but_never_the_t2i_model(tiny_pipe
     out.square().mean().backward()
     for layer in syn.layers:
         assert layer.alpha_logit.grad is not None and layer.alpha_logit.grad.abs() > 0
+        # Fresh (zero) projections get gradients too: the image path can leave its neutral start.
         assert layer.to_k_image.weight.grad.abs().sum() > 0
         assert layer.to_v_image.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in t2i.parameters())
@@ -125,8 +229,8 @@ def test_synapse_blocks_are_configurable(tiny_pipe):
     unet = _music_unet()
     all_layers = VisualSynapse.build(SynapseConfig(), unet, tiny_pipe.t2i.unet).config.layers
     first = VisualSynapse.build(SynapseConfig(blocks=[1]), unet, tiny_pipe.t2i.unet).config.layers
-    assert len(all_layers) == 4 and len(first) == 2
-    assert all(n.startswith("up_blocks.1.") for n in first)
+    assert len(all_layers) == 6 and len(first) == 2
+    assert all(n.startswith("up_blocks.0.") for n in first)
     with pytest.raises(MelFusionError, match="block 5 does not exist"):
         VisualSynapse.build(SynapseConfig(blocks=[5]), unet, tiny_pipe.t2i.unet)
 

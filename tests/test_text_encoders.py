@@ -95,3 +95,22 @@ def test_missing_text_encoder_directory_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MelFusionError, match="config.json"):
         TextEncoder.from_pretrained(tmp_path / "empty")
+
+
+def test_the_small_preset_reads_a_70_token_caption_whole():
+    from melfusion.presets import build_text_encoder, preset_config
+
+    spec = preset_config("small")["text"]
+    enc = build_text_encoder(spec)
+    assert enc.max_length == 77
+    words = ("an upbeat bossa nova tune with nylon guitar, brushed snare, warm upright bass and a "
+             "gentle flute melody drifting over soft chords, recorded in a small room at night by a "
+             "quartet of old friends, relaxed and swinging at a moderate tempo of about one hundred beats, "
+             "with a short piano solo in the middle and a quiet fade, ending in jazz")
+    n_tokens = len(enc.tokenizer(words)["input_ids"])  # with the [CLS] and [SEP] tokens
+    assert 68 <= n_tokens <= 77
+    emb, mask = enc.encode([words, words.replace("ending in jazz", "ending in metal")])
+    assert int(mask[0].sum()) == n_tokens  # nothing cut
+    # The last word still reaches the encoder: changing it changes the embedding of its token.
+    last = n_tokens - 2
+    assert (emb[0, last] - emb[1, last]).abs().max() > 1e-2

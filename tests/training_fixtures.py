@@ -28,6 +28,11 @@ def make_manifest(root: Path, n: int = 12, seconds: float = 1.0) -> Path:
 
 
 def write_config(path: Path, **values) -> Path:
-    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    def toml(v):
+        if isinstance(v, dict):  # an inline table
+            return "{" + ", ".join(f"{k} = {json.dumps(x)}" for k, x in v.items()) + "}"
+        return json.dumps(v)
+
+    body = "\n".join(f"{k} = {toml(v)}" for k, v in values.items())
     path.write_text(body + "\n")
     return path

@@ -49,8 +49,11 @@ class TrainConfig:
     clip_seconds: float = 10.0            # audio length the music and audio VAE stages see
     mixed_precision: str = "no"           # "bf16": autocast on CPUs with bf16 instructions (about 2x here)
     trace_data: bool = False              # each process writes the ids it trained on and a weight digest
+    # mel frames per training crop (both UNets are convolutional): the audio VAE's crops
+    # (default 256) and, when set, random crops of the music stage's latents (its validation
+    # loss reads whole clips); a multiple of the model's frame multiple (16 for small)
+    crop_frames: int | None = None
     # audio_vae / image_vae
-    crop_frames: int = 256                # mel frames per training crop (the VAE is convolutional)
     kl_weight: float = 1e-6
     # t2i / music
     prediction_type: str | None = None    # None keeps the model's
@@ -61,6 +64,10 @@ class TrainConfig:
     conditioning: str = "synapse"
     synapse_alpha: str | float = "learned"
     alpha_lr: float | None = None         # the learned alphas' own learning rate (None: `lr`), no weight decay
+    synapse_lr: float | None = None       # the synapse's image projections' own learning rate (None: `lr`)
+    high_noise_weight: float = 0.0        # timesteps drawn with density 1 + w * t / T (0: uniform)
+    # parts taken from other saved models after `init` is loaded: {t2i = DIR, audio_vae = DIR}
+    init_parts: dict[str, str] | None = None
     synapse_blocks: list[int] | None = None
     inversion_steps: int | None = None    # None: the model's default denoising steps
     itc_weight: float = 0.1               # TANGO++'s image-text contrastive loss weight
@@ -72,8 +79,10 @@ class TrainConfig:
         skip = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "val_every", "source", "cache_dir",
                 "trace_data"}
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        for later in ("alpha_lr",):  # keys added after checkpoints existed: unset, they leave the digest as it was
-            if data.get(later) is None:
+        # Keys added after checkpoints existed: unset, they leave the digest as it was.
+        for later, unset in (("alpha_lr", None), ("synapse_lr", None), ("init_parts", None),
+                             ("high_noise_weight", 0.0)):
+            if data.get(later) == unset:
                 data.pop(later, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -105,13 +114,25 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     from melfusion.presets import PRESETS
 
     if init not in PRESETS:
-        raw["init"] = str((base / init).resolve()) if not Path(init).is_absolute() else init
+        raw["init"] = _resolve(base, init)
+    parts = raw.get("init_parts")
+    if parts is not None:
+        if not isinstance(parts, dict) or not all(isinstance(v, str) for v in parts.values()):
+            raise MelFusionError(f"{path}: init_parts must map part names to saved model folders")
+        raw["init_parts"] = {k: _resolve(base, v) for k, v in parts.items()}
     try:
         cfg = TrainConfig(**raw, source=str(path))
     except TypeError as exc:
         raise MelFusionError(f"{path}: {exc}") from None
     validate(cfg)
     return cfg
+
+
+def _resolve(base: Path, p: str) -> str:
+    return str((base / p).resolve()) if not Path(p).is_absolute() else p
+
+
+INIT_PARTS = ("t2i", "audio_vae")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -126,9 +147,21 @@ def validate(cfg: TrainConfig) -> None:
 
     if cfg.init not in PRESETS and not (Path(cfg.init) / "model_index.json").is_file():
         raise MelFusionError(f"{where}: init must be a preset name or a saved model directory: {cfg.init}")
+    if cfg.init_parts and cfg.stage != "music":
+        raise MelFusionError(f"{where}: init_parts is for the music stage")
+    for part, folder in (cfg.init_parts or {}).items():
+        if part not in INIT_PARTS:
+            raise MelFusionError(f"{where}: init_parts can take {', '.join(INIT_PARTS)}, not {part!r}")
+        if not (Path(folder) / "model_index.json").is_file():
+            raise MelFusionError(f"{where}: init_parts {part}: not a saved model directory: {folder}")
     for key in ("steps", "batch_size", "checkpoint_every", "log_every", "val_every", "crop_frames"):
-        if int(getattr(cfg, key)) < 1:
+        value = getattr(cfg, key)
+        if value is not None and int(value) < 1:
             raise MelFusionError(f"{where}: {key} must be at least 1")
+    if not 0 <= cfg.high_noise_weight <= 100:
+        raise MelFusionError(f"{where}: high_noise_weight must be between 0 and 100")
+    if cfg.synapse_lr is not None and not cfg.synapse_lr > 0:
+        raise MelFusionError(f"{where}: synapse_lr must be > 0")
     if cfg.lr <= 0 or not 0 <= cfg.ema_decay < 1:
         raise MelFusionError(f"{where}: lr must be > 0 and ema_decay in [0, 1)")
     if cfg.alpha_lr is not None and not cfg.alpha_lr > 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from melfusion.music.ldm import ConditionDropout
+from melfusion.music.ldm import ConditionDropout, sample_timesteps
 from melfusion.pipeline import NEEDS_IMAGE_ENCODER, READS_SYNAPSE, TOKENS_IN_CAPTION
 from melfusion.t2i.model import ImageTrajectory
 from melfusion.training import caches
@@ -58,7 +58,7 @@ class VAEStage(Stage):
         x = self.data[split][idx]
         if self.cfg.stage == "audio_vae":
             frames = x.shape[1]
-            crop = min(self.cfg.crop_frames, frames)
+            crop = min(self.cfg.crop_frames or 256, frames)
             starts = torch.randint(0, frames - crop + 1, (len(idx),), generator=generator)
             x = torch.stack([x[i, s:s + crop] for i, s in enumerate(starts.tolist())])[:, None]
         else:
@@ -135,14 +135,40 @@ class MusicStage(Stage):
         super().__init__(cfg, pipe)
         self.music = pipe.music
         self.music.unet.train().requires_grad_(True)
+        synapse = self.music.synapse
         uses_synapse = cfg.conditioning in READS_SYNAPSE
-        self.music.synapse.requires_grad_(uses_synapse)
-        self.music.synapse.config.enabled = uses_synapse
+        synapse.requires_grad_(uses_synapse)
+        # Text only, the synapse layers still run, on the null image: the same network as
+        # MeLFusion without a picture, so either can be fine-tuned from the other's checkpoint.
+        synapse.config.enabled = uses_synapse or (cfg.conditioning == "text" and synapse.config.absent == "null-image")
         self.image_encoder = pipe.image_encoder
         if self.image_encoder is not None:
             self.image_encoder.train().requires_grad_(True)
         self.data = data
         self.dropout = ConditionDropout(cfg.drop_text, cfg.drop_image, cfg.drop_both)
+        self.latent_crop = (cfg.crop_frames // pipe.audio_vae.factor) if cfg.crop_frames else None
+        if cfg.conditioning == "synapse" and not synapse.config.standardize:
+            self._measure_image_statistics()
+
+    @torch.no_grad()
+    def _measure_image_statistics(self, records: int = 512, batch: int = 64):
+        """The synapse's image statistics, from the first training records' inversion trajectories."""
+        traj = self.data["train_traj"][:records]  # (records, steps + 1, c, h, w)
+        timesteps = self.data["traj_timesteps"].tolist()
+        offset = int(self.data["traj_offset"])
+        pipe = self.pipe
+
+        def features_at(i):
+            step = i + 1  # trajectory index; 0 is the clean latent
+            parts = []
+            for s in range(0, len(traj), batch):
+                z = traj[s:s + batch, step - offset]
+                kv = pipe.t2i.features(z, torch.full((len(z),), timesteps[step]), pipe.text_encoder.max_length)
+                parts.append([kv[j] for j in pipe._partner_index])
+            return [(torch.cat([p[j][0] for p in parts]), torch.cat([p[j][1] for p in parts]))
+                    for j in range(len(parts[0]))]
+
+        self.music.synapse.set_statistics(timesteps[1:], features_at)
 
     def _features(self, split, idx, image_tokens=None):
         if self.cfg.conditioning == "image-encoder":
@@ -160,9 +186,17 @@ class MusicStage(Stage):
 
     def _loss(self, split, idx, generator, timesteps=None, dropout=None):
         text, mask = self.data[split + "_text"][idx], self.data[split + "_mask"][idx]
+        latents = self.data[split + "_latents"][idx]
+        if split == "train" and self.latent_crop is not None:
+            frames = latents.shape[2]
+            starts = torch.randint(0, frames - self.latent_crop + 1, (len(idx),), generator=generator)
+            latents = torch.stack([z[:, s:s + self.latent_crop] for z, s in zip(latents, starts.tolist())])
+        if timesteps is None and self.cfg.high_noise_weight:
+            timesteps = sample_timesteps(len(idx), self.music.num_train_timesteps, self.cfg.high_noise_weight,
+                                         generator)
         tokens = self.image_encoder(self.data[split + "_images"][idx]) if self.image_encoder is not None else None
         loss = self.music.training_loss(
-            self.data[split + "_latents"][idx], text, mask, self.data["null_text"], self.data["null_mask"],
+            latents, text, mask, self.data["null_text"], self.data["null_mask"],
             self._features(split, idx, tokens), dropout or self.dropout, generator, timesteps,
             image_tokens=tokens if self.cfg.conditioning in TOKENS_IN_CAPTION else None)
         if self.cfg.conditioning == "tangopp":
@@ -188,6 +222,9 @@ class MusicStage(Stage):
         self.music.unet.eval().requires_grad_(False)
         self.music.synapse.requires_grad_(False)
         self.music.synapse.config.enabled = True
+        if self.cfg.conditioning == "synapse":
+            # Sampling inverts the image with the step count the trajectories were cached with.
+            pipe.defaults["inversion_steps"] = len(self.data["traj_timesteps"]) - 1
         if self.image_encoder is not None:
             self.image_encoder.eval().requires_grad_(False)
 

@@ -57,14 +57,54 @@ class EMA:
 
 
 def param_groups(cfg: TrainConfig, stage, params: list) -> list[dict]:
-    """One group, or two when `alpha_lr` is set: AdamW moves a parameter by about its learning rate
-    per step, so at the UNet's rate a synapse alpha's logit can hardly leave its start."""
-    if cfg.alpha_lr is None:
-        return [{"params": params}]
-    alpha_ids = {id(p) for name, p in stage.named_parameters() if name.endswith("alpha_logit")}
-    alphas = [p for p in params if id(p) in alpha_ids]
-    return [{"params": [p for p in params if id(p) not in alpha_ids]},
-            {"params": alphas, "lr": cfg.alpha_lr, "weight_decay": 0.0}]
+    """One group, plus one for the alphas when `alpha_lr` is set and one for the synapse's image
+    projections when `synapse_lr` is: AdamW moves a parameter by about its learning rate per step,
+    so at the UNet's rate a synapse alpha's logit can hardly leave its start, and projections that
+    start at zero grow slowly."""
+    names = {id(p): name for name, p in stage.named_parameters()}
+
+    def is_alpha(p):
+        return names.get(id(p), "").endswith("alpha_logit")
+
+    def is_projection(p):
+        return ".synapse." in f".{names.get(id(p), '')}" and not is_alpha(p)
+
+    groups, rest = [], list(params)
+    if cfg.alpha_lr is not None:
+        groups.append({"params": [p for p in rest if is_alpha(p)], "lr": cfg.alpha_lr, "weight_decay": 0.0})
+        rest = [p for p in rest if not is_alpha(p)]
+    if cfg.synapse_lr is not None:
+        groups.append({"params": [p for p in rest if is_projection(p)], "lr": cfg.synapse_lr})
+        rest = [p for p in rest if not is_projection(p)]
+    return [{"params": rest}] + [g for g in groups if g["params"]]
+
+
+def architecture(pipe) -> dict:
+    """What a checkpoint's weights only fit: the trained networks' shapes and the caption length."""
+    return {"text_max_length": pipe.text_encoder.max_length,
+            "music_unet": {k: v for k, v in dict(pipe.music.unet.config).items() if not k.startswith("_")},
+            "audio_vae": {k: v for k, v in dict(pipe.audio_vae.vae.config).items()
+                          if not k.startswith("_") and k != "scaling_factor"},
+            "t2i_unet": {k: v for k, v in dict(pipe.t2i.unet.config).items() if not k.startswith("_")},
+            "synapse_layers": list(pipe.music.synapse.config.layers)}
+
+
+def check_architecture(saved: dict | None, now: dict, where: Path) -> None:
+    if saved is None:  # checkpoints from before the record was kept
+        return
+    saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(now))
+    for key in now:
+        if saved.get(key) != now[key]:
+            if key == "text_max_length":
+                what = f"captions of {saved.get(key)} tokens, this model reads {now[key]}"
+            elif isinstance(now[key], dict):
+                diff = sorted(k for k in set(now[key]) | set(saved.get(key) or {})
+                              if (saved.get(key) or {}).get(k) != now[key].get(k))
+                what = f"another {key} ({', '.join(diff[:3])} differ)"
+            else:
+                what = f"other {key}"
+            raise MelFusionError(f"the checkpoint in {where} was made for another architecture: {what}; "
+                                 "refusing to resume from it")
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -170,6 +210,15 @@ def load_init(cfg: TrainConfig):
         pipe = presets.build(cfg.init, seed=cfg.seed)
     else:
         pipe = MelFusionPipeline.from_pretrained(cfg.init)
+    for part, folder in (cfg.init_parts or {}).items():
+        if part == "t2i":
+            from melfusion.t2i.model import TextToImageModel
+
+            pipe.t2i = TextToImageModel.from_pretrained(Path(folder) / "t2i")
+        elif part == "audio_vae":
+            from melfusion.audio.vae import AudioVAE
+
+            pipe.audio_vae = AudioVAE.from_pretrained(Path(folder) / "audio_vae")
     if cfg.stage == "music":
         from melfusion.music.ldm import MusicLDM
         from melfusion.synapse import SynapseConfig, VisualSynapse
@@ -181,6 +230,9 @@ def load_init(cfg: TrainConfig):
                                 alpha_init=pipe.music.synapse.config.alpha_init)
         torch.manual_seed(as_numpy_seed(cfg.seed, 11))
         synapse = VisualSynapse.build(syn_cfg, pipe.music.unet, pipe.t2i.unet)
+        # The image path starts neutral: fine-tuned from a text-only checkpoint (trained on the
+        # null image), the model's first step is that checkpoint's.
+        synapse.zero_projections()
         image_encoder = None
         if cfg.conditioning in NEEDS_IMAGE_ENCODER:
             from melfusion.baselines import ImageEncoder, ImageEncoderConfig
@@ -195,10 +247,24 @@ def load_init(cfg: TrainConfig):
                                         partners=["image-encoder"] * n, music_dims=synapse.config.music_dims,
                                         image_dims=[image_encoder.config.out_dim] * n)
                 synapse = VisualSynapse(syn_cfg)
+                synapse.zero_projections()
         pipe.music = MusicLDM(pipe.music.unet, synapse, scheduler_config)
         pipe.conditioning, pipe.image_encoder = cfg.conditioning, image_encoder
         pipe.link_synapse()
     return pipe
+
+
+def check_crop(cfg: TrainConfig, pipe) -> None:
+    """A music crop must fit the clips and the model's downsampling (checked before any work)."""
+    if cfg.stage != "music" or cfg.crop_frames is None:
+        return
+    frames, multiple = pipe.frames_for(cfg.clip_seconds), pipe.frame_multiple
+    if cfg.crop_frames > frames:
+        raise MelFusionError(f"{cfg.source or 'config'}: crop_frames {cfg.crop_frames} is longer than the clips "
+                             f"({frames} mel frames for clip_seconds {cfg.clip_seconds:g})")
+    if cfg.crop_frames % multiple:
+        raise MelFusionError(f"{cfg.source or 'config'}: crop_frames must be a multiple of {multiple} "
+                             f"for this model, got {cfg.crop_frames}")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -223,6 +289,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         raise MelFusionError(f"{len(train_rows)} training records are too few for batch size "
                              f"{cfg.batch_size} on {world} process(es)")
     pipe = load_init(cfg)
+    arch = architecture(pipe)
+    if state is not None:
+        check_architecture(state.get("architecture"), arch, existing[-1])
+    check_crop(cfg, pipe)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
     with accelerator.main_process_first():
         data = stage_data(cfg, pipe, train_rows, val_rows, cache_dir, progress and accelerator.is_main_process)
@@ -278,7 +348,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             if accelerator.is_main_process:
                 save_checkpoint(out_dir, done, {
-                    "step": done, "fingerprint": cfg.fingerprint, "config_source": cfg.source,
+                    "step": done, "fingerprint": cfg.fingerprint, "config_source": cfg.source, "architecture": arch,
                     "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "ema": ema.state_dict()}, cfg.keep_checkpoints)
             accelerator.wait_for_everyone()
