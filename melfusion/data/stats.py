@@ -15,6 +15,7 @@ from PIL import Image
 
 from melfusion.data.manifest import read_manifest
 from melfusion.errors import MelFusionError
+from melfusion.metrics.listeners import KEYS, MAJOR_PROFILE, MINOR_PROFILE
 
 LUMA = np.array([0.299, 0.587, 0.114])
 FEATURES = ("mean R", "mean G", "mean B", "hue cos", "hue sin", "saturation", "luminance", "contrast", "edge density")
@@ -65,11 +66,6 @@ def image_evidence(entries) -> dict[str, tuple[float, float, int]]:
         chance = float(max(yte.mean(), 1 - yte.mean()))
         out[label] = (acc, chance, len(test))
     return out
-
-
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-KEYS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 
 
 def audio_evidence(entries) -> dict[str, tuple[float, float, int]]:
