@@ -58,7 +58,9 @@ def cached(cache_dir: Path | None, name: str, key: str, build) -> dict[str, torc
 
 
 def record_key(entries) -> list:
-    return [[e.id, e.record.get("caption"), str(e.audio_path), str(e.image_path)] for e in entries]
+    """What the audio and image caches depend on: ids and files, not captions (a manifest that
+    rewrites only the captions reuses them; text caches are keyed by the texts themselves)."""
+    return [[e.id, str(Path(e.audio_path).resolve()), str(Path(e.image_path).resolve())] for e in entries]
 
 
 def build_mels(entries, mel_config, frames: int, progress=True) -> torch.Tensor:
