@@ -138,6 +138,12 @@ def cmd_train(args) -> int:
             overrides[key] = value
     cfg = load_config(args.config, overrides)
     _quiet_libraries()
+    if args.export_checkpoint:
+        from melfusion.training.trainer import export_checkpoint
+
+        out, step = export_checkpoint(cfg, args.export_checkpoint, progress=not args.quiet)
+        print(f"exported step {step} of {cfg.out_dir}: model saved in {out}", file=sys.stderr)
+        return 0
     from melfusion.training.trainer import train
 
     final = train(cfg, resume=args.resume, progress=not args.quiet)
@@ -175,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, help="a TOML or JSON training config")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    tr.add_argument("--export-checkpoint", metavar="DIR", default=None,
+                    help="save the model of the last checkpoint to DIR, without training")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train, on_interrupt="checkpoints are kept; rerun with --resume to continue")
 

@@ -156,3 +156,19 @@ def test_synapse_lr_and_alpha_lr_get_their_own_parameter_groups(tmp_path, manife
     assert [g.get("lr") for g in groups] == [None, 1e-2, 5e-3]
     assert len(groups[1]["params"]) == n_layers and len(groups[2]["params"]) == 2 * n_layers
     assert sum(len(g["params"]) for g in groups) == len(stage.trainable())
+
+
+def test_a_checkpoint_exports_the_model_the_finished_run_would_save(tmp_path, manifest):
+    from safetensors.torch import load_file
+
+    from melfusion.training.trainer import export_checkpoint, train
+
+    cfg = _config(tmp_path, manifest, "exp", conditioning="text", steps=4, checkpoint_every=4)
+    final = train(cfg, progress=False)
+    out, step = export_checkpoint(cfg, tmp_path / "exported", progress=False)
+    assert step == 4
+    a = load_file(str(final / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(MelFusionError, match="holds no checkpoint"):
+        export_checkpoint(_config(tmp_path, manifest, "none"), tmp_path / "x", progress=False)

@@ -267,6 +267,35 @@ def check_crop(cfg: TrainConfig, pipe) -> None:
                              f"for this model, got {cfg.crop_frames}")
 
 
+def load_checkpoint(cfg: TrainConfig, path: Path) -> dict:
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != cfg.fingerprint:
+        raise MelFusionError(f"the checkpoint in {path} was made with another config "
+                             f"({state.get('config_source')}); refusing to resume from it")
+    return state
+
+
+def export_checkpoint(cfg: TrainConfig, out: str | Path, progress: bool = True) -> tuple[Path, int]:
+    """The model of the run's last checkpoint (its EMA weights, as training exports), saved to `out`
+    while the run goes on: a stage trained for days can be measured along the way."""
+    existing = checkpoints(Path(cfg.out_dir))
+    if not existing:
+        raise MelFusionError(f"{cfg.out_dir} holds no checkpoint to export")
+    state = load_checkpoint(cfg, existing[-1])
+    train_rows, val_rows = load_entries(cfg)
+    pipe = load_init(cfg)
+    check_architecture(state.get("architecture"), architecture(pipe), existing[-1])
+    data = stage_data(cfg, pipe, train_rows, val_rows, Path(cfg.cache_dir) if cfg.cache_dir else None, progress)
+    torch.manual_seed(as_numpy_seed(cfg.seed, 13))
+    stage = make_stage(cfg, pipe, data)
+    ema = EMA(stage.trainable(), cfg.ema_decay)
+    stage.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    ema.copy_to_params()
+    stage.export(pipe)
+    return pipe.save_pretrained(out), int(state["step"])
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     from accelerate import Accelerator
 
@@ -279,10 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         raise MelFusionError(f"{out_dir} already holds checkpoints; pass --resume to continue, "
                              "or choose another out_dir")
     if resume and existing:
-        state = torch.load(existing[-1] / "state.pt", map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != cfg.fingerprint:
-            raise MelFusionError(f"the checkpoint in {existing[-1]} was made with another config "
-                                 f"({state.get('config_source')}); refusing to resume from it")
+        state = load_checkpoint(cfg, existing[-1])
         start_step = int(state["step"])
     train_rows, val_rows = load_entries(cfg)
     if len(train_rows) < cfg.batch_size * world:
