@@ -1,0 +1,56 @@
+"""The independent listeners on a generated set (`generate-set`'s `<id>.wav` per record): how often
+the music's scale is the record's mode, and the key-profile and onset gaps between its labels.
+
+    .venv/bin/python scripts/listen_set.py GEN_DIR --manifest M --split test [--out listen.json]
+
+The records' labels play the pictures' part: major/minor for warm/cool, driving/calm for busy/calm
+(melfusion.metrics.listeners.following). Each clip's reading is cached in GEN_DIR/listen.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("generated")
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    from melfusion.errors import MelFusionError
+    from melfusion.metrics.evaluate import load_reference
+    from melfusion.metrics.listeners import following, listen
+
+    gen = Path(args.generated)
+    try:
+        entries = [e for e in load_reference(args.manifest, args.split) if (gen / f"{e.id}.wav").is_file()]
+        if not entries:
+            raise MelFusionError(f"{gen} holds no clips of the {args.split} split of {args.manifest}")
+        cache = gen / "listen.json"
+        seen = json.loads(cache.read_text()) if cache.is_file() else {}
+        rows = []
+        for e in entries:
+            if e.id not in seen:
+                y, sr = sf.read(str(gen / f"{e.id}.wav"), dtype="float32")
+                seen[e.id] = listen(y, sr)
+                cache.write_text(json.dumps(seen, indent=1))
+            rows.append({**seen[e.id], "warm": e.record["mode"] == "major", "busy": e.record["energy"] == "driving"})
+    except MelFusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = following(rows)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
