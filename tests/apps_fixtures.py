@@ -1,6 +1,7 @@
 """Shared builders for the apps tests: a small manifest with generated sets of two systems."""
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +38,26 @@ def make_generated_sets(root: Path, n_records: int = 3, missing: dict | None = N
 
 class RunningServer:
     """A study server on 127.0.0.1 with a free port, in a background thread (keyword arguments go to
-    make_server: sets_root, studies_root)."""
+    make_server: sets_root, studies_root). `study` is the served StudyApp."""
 
     def __init__(self, study_dir, **kwargs):
         from melfusion.apps.study.server import make_server
 
         self.server = make_server(study_dir, "127.0.0.1", 0, **kwargs)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.study = self.server.study
+        self.url = self.server.url
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):
         self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the study server did not start")
+            time.sleep(0.01)
         return self
 
     def __exit__(self, *exc):
         self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.thread.join(10)
+        self.server.close()

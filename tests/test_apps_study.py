@@ -1,6 +1,7 @@
 """The user-study app: building a study, rating over HTTP, refusing bad and repeated ratings,
-serving only the study's files, the admin token, the report's statistics, 20 raters at once, and the
-admin create page (only names from the server's own listing of the sets root, a nonce, no leftovers)."""
+serving only the study's files (with Range requests), the admin token, the report's statistics, 20
+and 30 raters at once, a server killed mid-load and restarted, and the admin create page (only
+names from the server's own listing of the sets root, a nonce, no leftovers)."""
 import csv
 import io
 import math
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import httpx
 import pytest
 
 from apps_fixtures import SYSTEMS, RunningServer, make_generated_sets
@@ -163,6 +165,59 @@ def test_only_the_studys_media_are_served_never_a_path_from_the_request(study, t
             assert "top secret" not in str(body) and "SQLite" not in str(body)
 
 
+def test_media_answer_range_requests_so_a_player_can_seek(study):
+    study_dir, _ = study
+    con = store.connect(study_dir)
+    audio, image = con.execute("SELECT audio, image FROM items WHERE image IS NOT NULL LIMIT 1").fetchone()
+    data = (study_dir / "media" / audio).read_bytes()
+    size = len(data)
+    assert size > 1000
+    with RunningServer(study_dir) as srv, httpx.Client(base_url=srv.url) as c:
+        full = c.get(f"/media/{audio}")
+        assert full.status_code == 200 and full.content == data
+        assert full.headers["accept-ranges"] == "bytes" and full.headers["content-length"] == str(size)
+        assert full.headers["content-type"] == "audio/wav" and full.headers["cache-control"] == "private, max-age=3600"
+        assert full.headers["x-content-type-options"] == "nosniff"
+        part = c.get(f"/media/{audio}", headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == data[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{size}" and part.headers["content-length"] == "100"
+        tail = c.get(f"/media/{audio}", headers={"Range": "bytes=100-"})
+        assert tail.status_code == 206 and tail.content == data[100:]
+        assert tail.headers["content-range"] == f"bytes 100-{size - 1}/{size}"
+        last = c.get(f"/media/{audio}", headers={"Range": "bytes=-50"})
+        assert last.status_code == 206 and last.content == data[-50:]
+        for unsatisfiable in (f"bytes={size}-", f"bytes={size + 1000}-{size + 2000}"):
+            r = c.get(f"/media/{audio}", headers={"Range": unsatisfiable})
+            assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{size}", unsatisfiable
+            assert data[:100] not in r.content
+        png = c.get(f"/media/{image}", headers={"Range": "bytes=0-7"})
+        assert png.status_code == 206 and png.content == b"\x89PNG\r\n\x1a\n"
+        assert png.headers["content-type"] == "image/png"
+        head = c.head(f"/media/{audio}")
+        assert head.status_code == 200 and head.headers["content-length"] == str(size) and head.content == b""
+        # A range never opens anything the plain request would not.
+        for path in ("/media/0123456789abcdef.wav", "/study.sqlite"):
+            assert c.get(path, headers={"Range": "bytes=0-99"}).status_code == 404
+
+
+def test_pages_carry_the_security_headers_and_the_cookie_is_strict(study):
+    study_dir, _ = study
+    with RunningServer(study_dir) as srv, httpx.Client(base_url=srv.url) as c:
+        start = c.post("/start")
+        cookie = start.headers["set-cookie"]
+        assert start.status_code == 303 and start.headers["location"] == "/rate"
+        assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and "Path=/" in cookie
+        for r in (c.get("/"), c.get("/rate"), c.get("/nope"), c.get("/admin"), start):
+            assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "no-referrer"
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+            assert r.headers["cache-control"] == "no-store" and "server" not in r.headers
+        assert c.post("/rate", content=b"item=" + b"x" * 20000,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 413
+    from melfusion.cli import build_parser
+
+    assert build_parser().parse_args(["study", "serve", str(study_dir)]).host == "127.0.0.1"
+
+
 def test_admin_pages_need_the_token(study):
     study_dir, res = study
     with RunningServer(study_dir) as srv:
@@ -254,6 +309,52 @@ def test_load_twenty_raters_at_once_every_rating_stored_none_twice(study):
           f"max {lat[-1] * 1000:.0f} ms")
 
 
+def test_load_thirty_raters_against_the_command_line_server_every_rating_stored_once(study):
+    """30 raters at once, 4 ratings each (page, audio, scores), against `melfusion study serve` in
+    its own process: every rating answered "stored" is in the database, once."""
+    from melfusion.apps.study import load
+
+    study_dir, _ = study
+    with load.ServerProcess(study_dir) as srv:
+        raters, wall = load.run_raters(srv.url, 30, 4, study_dir=study_dir, timeout_s=300)
+    result = load.check(study_dir, raters)
+    assert result.ok, result
+    assert result.acked == result.stored == 30 * 4 and result.in_doubt == 0
+    assert len({r.id for r in raters}) == 30 and all(len(r.acked) == 4 for r in raters)
+    lat = load.percentiles([x for r in raters for x in r.post_s])
+    print(f"\nload: 30 raters x 4 in {wall:.2f} s; POST p50 {lat['p50'] * 1000:.0f} ms, p95 {lat['p95'] * 1000:.0f} ms")
+
+
+def test_a_server_killed_mid_load_loses_no_acknowledged_rating_and_raters_resume(study):
+    """SIGKILL the server process halfway through 30 raters x 4 ratings and start it again on the
+    same port: every rating answered "stored" is in the database, none twice, and each rater's first
+    page after the outage is the next item it has not rated, by the database."""
+    from melfusion.apps.study import load
+
+    study_dir, _ = study
+    acked_at_kill = []
+    with load.ServerProcess(study_dir) as srv:
+        port = srv.port
+
+        def kill_and_restart(acked_so_far):
+            acked_at_kill.append(acked_so_far)
+            srv.kill()
+            srv.start()
+
+        raters, _ = load.run_raters(srv.url, 30, 4, study_dir=study_dir, fault=kill_and_restart, fault_after=60,
+                                    timeout_s=300)
+        assert srv.port == port and sum("study at" in line for line in srv.log) == 2  # restarted, same port
+    assert 60 <= acked_at_kill[0] < 120  # the kill came in the middle of the load
+    result = load.check(study_dir, raters)
+    assert result.ok, result
+    assert result.acked == 30 * 4 and not result.lost and not result.doubled
+    assert result.stored == result.acked + result.in_doubt  # a rating whose answer was lost may be in, once
+    resumes = [x for r in raters for x in r.resumes]
+    assert resumes and all(shown == expected for shown, expected in resumes)
+    con = sqlite3.connect(study_dir / "study.sqlite")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 def test_study_commands_from_the_command_line(tmp_path, capsys):
     manifest, systems = make_generated_sets(tmp_path / "sets", n_records=2)
     argv = ["study", "create", "--manifest", str(manifest), "--out", str(tmp_path / "st"), "--tasks", "imsm"]
@@ -316,7 +417,7 @@ def test_create_page_and_post_need_the_token(study, sets_root, tmp_path):
         for path in ("/admin/create", "/admin/create?token=wrong"):
             status, body = c.request(path)
             assert status == 403 and "nonce" not in body and "gen/melfusion" not in body
-        nonce = srv.server.RequestHandlerClass.app.nonce
+        nonce = srv.study.nonce
         for token in ("", "wrong"):
             status, body = c.request("/admin/create", create_form(token, nonce))
             assert status == 403 and "Study created" not in body
@@ -333,7 +434,7 @@ def test_create_page_is_off_without_a_sets_root_and_shows_the_command(study):
         status, body = c.request(f"/admin/create?token={res['token']}")
         assert status == 200 and "id='off'" in body and "melfusion study create --manifest" in body
         assert "<form" not in body
-        nonce = srv.server.RequestHandlerClass.app.nonce
+        nonce = srv.study.nonce
         status, body = c.request("/admin/create", create_form(res["token"], nonce))
         assert status == 403 and "off" in body
     assert not (study_dir.parent / "new-study").exists()

@@ -1,4 +1,5 @@
-"""The study's database: items to rate, raters, ratings. SQLite in WAL mode, one row per rating.
+"""The study's database: items to rate, raters, ratings. SQLite in WAL mode, one row per rating
+(the settings, and why, are in `connect` and docs/study-server.md).
 
 Three task kinds, as in the paper's screens (appendix G):
   ovl_rel  image + caption + music, rated for OVL (overall quality) and REL (relevance)  (Fig. 4)
@@ -18,6 +19,7 @@ from melfusion.errors import MelFusionError
 TASKS = {"ovl_rel": ("OVL", "REL"), "text": ("OVL", "REL"), "imsm": ("IMSM",)}
 SCORE_MIN, SCORE_MAX = 1, 10
 DB_NAME = "study.sqlite"
+BUSY_TIMEOUT_S = 10.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -57,10 +59,17 @@ def connect(study_dir: str | Path, create: bool = False) -> sqlite3.Connection:
     path = Path(study_dir) / DB_NAME
     if not create and not path.is_file():
         raise MelFusionError(f"not a study folder (no {DB_NAME}): {study_dir}")
-    con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     con.row_factory = sqlite3.Row
+    # WAL: raters reading pages never wait for a rating being written, nor it for them, and a commit
+    # is one append to the log. A crashed server's log is replayed by the next connection.
     con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA busy_timeout=30000")
+    # FULL: each commit is on disk (fsync, about 2 ms here) before the server answers "stored", so a
+    # rating acknowledged survives a power cut too; NORMAL would survive only a killed process.
+    con.execute("PRAGMA synchronous=FULL")
+    # A write waits up to this long for a lock held by another connection (a second process on the
+    # study, a checkpoint, recovery after a crash) instead of failing at once.
+    con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     con.execute("PRAGMA foreign_keys=ON")
     if create:
         con.executescript(SCHEMA)
