@@ -48,10 +48,20 @@ class MelFusionOutput:
     timings: dict = field(default_factory=dict)  # seconds per stage
 
 
+# Control characters (NUL, escape sequences, bells; C0 and C1) mean nothing in a caption: spaces.
+_CONTROLS_TO_SPACE = {c: " " for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 def check_prompt(prompt: str) -> str:
     if not isinstance(prompt, str):
         raise MelFusionError("the caption must be text")
-    text = " ".join(prompt.split())
+    if len(prompt) > 100 * MAX_CAPTION_CHARS:  # before any per-character work on a huge paste
+        raise MelFusionError(f"the caption is too long: {len(prompt)} characters (limit {MAX_CAPTION_CHARS})")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8 (a command line in another locale)
+        raise MelFusionError("the caption is not valid text (broken UTF-8)") from None
+    text = " ".join(prompt.translate(_CONTROLS_TO_SPACE).split())
     if not text:
         raise MelFusionError("the caption is empty")
     if len(text) > MAX_CAPTION_CHARS:

@@ -122,3 +122,85 @@ def test_generation_requests_queue_one_at_a_time(tmp_path):
     spans = sorted(pipe.spans)
     assert len(spans) == 3
     assert all(later[0] >= earlier[1] - 0.01 for earlier, later in zip(spans, spans[1:]))  # never overlapping
+
+
+def test_serve_has_a_queue_limit_flag_and_refuses_a_bad_one():
+    from melfusion.apps.demo import DEFAULT_MAX_QUEUE, serve
+
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).max_queue == DEFAULT_MAX_QUEUE
+    assert parser.parse_args(["serve", "--max-queue", "3"]).max_queue == 3
+    with pytest.raises(MelFusionError, match="--max-queue"):
+        serve(model="tiny", max_queue=0)
+
+
+def test_a_full_queue_says_busy_at_once_and_a_leavers_queued_work_never_runs():
+    """Concurrency 1, two may wait: with one composing and two waiting, a fourth is told "busy" at
+    once; a waiting client that closes its stream frees its place, and its request never runs.
+    Nothing can skip the queue by POSTing to the run route."""
+    import sys
+    import threading
+    import time
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from bench_demo_load import DemoClient
+
+    from melfusion.apps.demo import build_demo, launch
+
+    class Slower(_SlowPipe):
+        def __init__(self):
+            super().__init__()
+            self.entered = threading.Event()
+
+        def __call__(self, *args, **kwargs):
+            self.entered.set()
+            time.sleep(1.0)  # 2 s in all
+            return super().__call__(*args, **kwargs)
+
+    def wait_for(condition, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.02)
+
+    pipe = Slower()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = launch(build_demo(pipe, concurrency=1), "127.0.0.1", port, block=False, max_queue=2)
+    url = f"http://127.0.0.1:{port}"
+    clients, results, threads = [], {}, []
+
+    def go(name, leave=None):
+        c = DemoClient(url, timeout=60)
+        clients.append(c)
+        f = c.upload(EXAMPLE)
+        t = threading.Thread(target=lambda: results.__setitem__(name, c.generate(f, f"piano {name}", 1.0, 0, 2, 3.0,
+                                                                                 leave=leave)))
+        t.start()
+        threads.append(t)
+        return t
+
+    try:
+        assert httpx.post(url + "/gradio_api/run/generate", json={"data": [], "fn_index": 2}).status_code == 404
+        go("first")
+        assert pipe.entered.wait(30)                   # composing; the queue is empty
+        go("waits")
+        wait_for(lambda: len(demo._queue) == 1)
+        go("leaves", leave="queued").join(10)
+        wait_for(lambda: len(demo._queue) == 1, 5)     # the leaver's place is free again ...
+        go("also waits")
+        wait_for(lambda: len(demo._queue) == 2)
+        go("busy").join(10)                            # ... and now the queue is full
+        for t in threads:
+            t.join(60)
+    finally:
+        for c in clients:
+            c.close()
+        demo.close()
+    assert results["busy"]["outcome"] == "busy" and results["busy"]["wait_s"] < 2
+    assert results["leaves"]["outcome"] == "left while queued"
+    assert [results[k]["outcome"] for k in ("first", "waits", "also waits")] == ["music"] * 3
+    assert len(pipe.spans) == 3  # the leaver's request was never composed

@@ -12,7 +12,7 @@ def _serve(args) -> int:
     from melfusion.apps.demo import serve
 
     serve(model=args.model, host=args.host, port=args.port, concurrency=args.concurrency,
-          max_upload_mb=args.max_upload_mb)
+          max_upload_mb=args.max_upload_mb, max_queue=args.max_queue)
     return 0
 
 
@@ -67,6 +67,8 @@ def add_app_commands(subparsers) -> None:
     s.add_argument("--model", default=None, help="model directory or preset (default: the shipped model)")
     s.add_argument("--concurrency", type=int, default=1, help="generations run at once (others queue)")
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted")
+    s.add_argument("--max-queue", type=int, default=16,
+                   help="generation requests that may wait; one more is told the server is busy (default 16)")
     s.set_defaults(func=_serve)
 
     st = subparsers.add_parser("study", help="the listening study of appendix G: create, serve, report",

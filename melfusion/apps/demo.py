@@ -1,15 +1,22 @@
 """`melfusion serve`: the web demo. Upload an image (or pick the bundled example), write a caption,
 choose duration, seed, steps and guidance; get a player, the spectrogram, and WAV and MP4 files.
 
-Generation requests queue, `concurrency` at a time. Bad input (no image, a file that is not an
-image, one over the size limit, an empty caption) gets a message in the page, never a traceback.
+Generation requests queue, `concurrency` at a time, at most `max_queue` waiting: one more is
+refused at once with Gradio's "busy, please try again" (HTTP 503), so every wait is bounded. A
+client that goes away (its event stream closes) has its waiting requests dropped before they run.
+Bad input (no image, a file that is not an image, one over the size limit, an empty caption, a
+setting outside its slider) gets a message in the page, never a traceback and never a half-written
+result folder.
 Gradio serves only the files it was given by this app (uploads and results), never a path a
 request names; the server binds to 127.0.0.1 unless told otherwise."""
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +24,10 @@ from melfusion.errors import MelFusionError
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+DEFAULT_MAX_QUEUE = 16   # requests waiting for a generation; with concurrency 1 the last waits 16 generations
+PREVIEW_SIDE = 1024      # the page's preview of an upload is at most this many pixels a side
+DECODE_SLOTS = 2         # uploads decoded at once (previews run outside the queue): bounds memory
+MAX_STEPS, MAX_SEED = 200, 2**63 - 1
 
 
 def _examples() -> list[list[str]]:
@@ -48,11 +59,12 @@ class Composer:
         self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.out_root = Path(out_root or Path(tempfile.gettempdir()) / "melfusion-demo")
         self.out_root.mkdir(parents=True, exist_ok=True)
+        # Previews skip the queue, so any number can arrive at once; each decode of a large upload
+        # holds up to ~160 MB (40 megapixels, RGBA) for a moment: a few at a time, the rest wait.
+        self.decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
     def sweep(self, max_age_s: float = 3600.0) -> None:
         """Remove results older than an hour (Gradio keeps its own copies for the page)."""
-        import shutil
-
         cutoff = time.time() - max_age_s
         for folder in self.out_root.glob("result-*"):
             try:
@@ -61,7 +73,7 @@ class Composer:
             except OSError:
                 pass
 
-    def check_image(self, path):
+    def check_image(self, path, draft_side: int | None = None):
         from melfusion.images import load_image
 
         if not path:
@@ -71,10 +83,49 @@ class Composer:
             raise MelFusionError(f"the image file is too large: {size / 2**20:.1f} MB "
                                  f"(limit {self.max_upload_bytes / 2**20:.0f} MB)")
         try:
-            return load_image(path)
+            with self.decode_slots:
+                return load_image(path, draft_side=draft_side)
         except MelFusionError as exc:
             # The message names a temporary upload path; the user knows which file they chose.
             raise MelFusionError(str(exc).replace(str(path), "the uploaded file")) from None
+
+    def preview(self, path):
+        """What the page shows for an upload: a copy at most PREVIEW_SIDE pixels a side (a 40-megapixel
+        upload is not re-encoded whole for the browser), or the reason the file cannot be used."""
+        if not path:
+            return None, ""
+        try:
+            image = self.check_image(path, draft_side=PREVIEW_SIDE)
+        except MelFusionError as exc:
+            return None, f"**Cannot use this file:** {exc}"
+        image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        return image, ""
+
+    @staticmethod
+    def settings(duration, seed, steps, guidance) -> tuple[float, int, int, float]:
+        """The sliders' values, checked again here: an API client need not have used the page."""
+        from melfusion.pipeline import check_duration
+
+        def number(value, what):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise MelFusionError(f"the {what} must be a number") from None
+            if not math.isfinite(value):
+                raise MelFusionError(f"the {what} must be a finite number")
+            return value
+
+        duration = check_duration(number(duration, "duration"))
+        seed = number(0 if seed in (None, "") else seed, "seed")
+        if not (seed == int(seed) and 0 <= seed <= MAX_SEED):
+            raise MelFusionError("the seed must be a non-negative whole number")
+        steps = number(steps, "number of steps")
+        if not (steps == int(steps) and 1 <= steps <= MAX_STEPS):
+            raise MelFusionError(f"the number of steps must be a whole number from 1 to {MAX_STEPS}")
+        guidance = number(guidance, "guidance scale")
+        if not 0 <= guidance <= 10:
+            raise MelFusionError("the guidance scale must be between 0 and 10")
+        return duration, int(seed), int(steps), guidance
 
     def __call__(self, image_path, caption, duration, seed, steps, guidance):
         import torch
@@ -84,20 +135,22 @@ class Composer:
         from melfusion.audio.io import write_wav
         from melfusion.pipeline import check_prompt
 
-        prompt = check_prompt(caption or "")
+        prompt = check_prompt("" if caption is None else caption)
+        duration, seed, steps, guidance = self.settings(duration, seed, steps, guidance)
         image = self.check_image(image_path)
-        seed = int(seed or 0)
-        if seed < 0:
-            raise MelFusionError("the seed must be a non-negative whole number")
         self.sweep()
         clock = time.perf_counter()
-        result = self.pipe(image=image, prompt=prompt, duration_s=float(duration), num_inference_steps=int(steps),
-                           guidance_scale=float(guidance), generator=torch.Generator().manual_seed(seed), progress=True)
+        result = self.pipe(image=image, prompt=prompt, duration_s=duration, num_inference_steps=steps,
+                           guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), progress=True)
         compose_s = time.perf_counter() - clock
         folder = Path(tempfile.mkdtemp(prefix="result-", dir=self.out_root))
-        wav = write_wav(folder / "melfusion.wav", result.audio, result.sample_rate)
-        png = save_spectrogram(folder / "spectrogram.png", result.log_mel)
-        mp4 = make_video(folder / "melfusion.mp4", image, result.audio, result.sample_rate)
+        try:
+            wav = write_wav(folder / "melfusion.wav", result.audio, result.sample_rate)
+            png = save_spectrogram(folder / "spectrogram.png", result.log_mel)
+            mp4 = make_video(folder / "melfusion.mp4", image, result.audio, result.sample_rate)
+        except BaseException:  # no half-written result folder is left behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         seconds = len(result.audio) / result.sample_rate
         status = (f"Composed {seconds:.1f} s of music in {compose_s:.1f} s "
                   f"(seed {seed}, {int(steps)} steps, guidance {float(guidance):g}).")
@@ -111,12 +164,11 @@ def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_w
     d = pipe.defaults
 
     def preview(path):
-        if not path:
-            return None, ""
         try:
-            return composer.check_image(path), ""
-        except MelFusionError as exc:
-            return None, f"**Cannot use this file:** {exc}"
+            return composer.preview(path)
+        except Exception as exc:  # a bug: a short message in the page, the details in the server's log
+            print(f"melfusion serve: preview: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return None, "**Cannot use this file:** something went wrong while reading it"
 
     def generate(image_path, caption, duration, seed, steps, guidance, progress=gr.Progress(track_tqdm=True)):
         progress(0, desc="starting")
@@ -138,8 +190,10 @@ def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_w
             gr.Markdown("*This server runs a model with random weights: what it writes is noise-like, not music.*")
         with gr.Row():
             with gr.Column():
+                # No file_types: Gradio would judge by the name's extension (an image named "photo" or
+                # "x.jfif" refused with a bare error); load_image judges the content and says why.
                 image = gr.File(label="Image (PNG, JPEG, WebP; at most "
-                                f"{max_upload_mb:g} MB)", file_types=["image"], type="filepath", elem_id="image-upload")
+                                f"{max_upload_mb:g} MB)", type="filepath", elem_id="image-upload")
                 shown = gr.Image(label="Your image", interactive=False, height=240, elem_id="image-preview")
                 caption = gr.Textbox(label="Caption", lines=3, elem_id="caption",
                                      placeholder="e.g. an acoustic folk song for an evening on the beach")
@@ -167,25 +221,71 @@ def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_w
     return demo
 
 
+class BadRequestsAreNot500:
+    """ASGI wrapper: Gradio answers 500 to some requests no page sends (an upload part without a file
+    name, a file reference naming a server path nobody uploaded, a value its component cannot take).
+    Nothing was read or run for them; the app's own handlers never raise (they answer with a message).
+    So on the upload and direct-call routes a 500 becomes what it is, 400, and the server logs a line."""
+
+    PATHS = ("/gradio_api/upload", "/gradio_api/run/")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(self.PATHS):
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_checked(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] >= 500:
+                    print(f"melfusion serve: refused a malformed request to {scope['path']} (400)", file=sys.stderr)
+                    message = {**message, "status": 400}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_checked)
+        except Exception as exc:
+            if started:
+                raise
+            print(f"melfusion serve: refused a malformed request to {scope['path']} ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            body = b'{"error": "bad request"}'
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 400, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+
 def launch(demo, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 10.0, block: bool = True,
-           max_queue: int = 32):
+           max_queue: int = DEFAULT_MAX_QUEUE):
     gr = _gradio()
 
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts
-    demo.queue(max_size=max_queue)
+    # api_open=False: Gradio would otherwise run a POST to /gradio_api/run/generate at once, beside
+    # the queue, and no concurrency or queue limit would hold.
+    demo.queue(max_size=max_queue, api_open=False)
+    from starlette.middleware import Middleware
+
     try:
         demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024), share=False,
-                    show_error=False, prevent_thread_lock=not block, quiet=True, theme=theme)
+                    show_error=False, prevent_thread_lock=not block, quiet=True, theme=theme,
+                    app_kwargs={"middleware": [Middleware(BadRequestsAreNot500)]})
     except OSError as exc:
         raise MelFusionError(f"cannot listen on {host}:{port}: {exc}") from None
     return demo
 
 
-def serve(model=None, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, max_upload_mb: float = 10.0):
+def serve(model=None, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, max_upload_mb: float = 10.0,
+          max_queue: int = DEFAULT_MAX_QUEUE):
     from melfusion.cli import DEFAULT_MODEL_DIR, _quiet_libraries, load_model
 
     if concurrency < 1:
         raise MelFusionError("--concurrency must be at least 1")
+    if max_queue < 1:
+        raise MelFusionError("--max-queue must be at least 1")
     _gradio()  # before loading a model
     if not 0 < max_upload_mb <= 200:
         raise MelFusionError("--max-upload-mb must be between 0 and 200")
@@ -196,4 +296,5 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 7860, concurrency: in
     if host not in LOOPBACK:
         print(f"note: listening on {host}, reachable from other machines", file=sys.stderr)
     print(f"melfusion demo at http://{host}:{port}/  (Ctrl-C stops)", file=sys.stderr)
-    launch(build_demo(pipe, max_upload_mb, concurrency, random_weights), host, port, max_upload_mb, block=True)
+    launch(build_demo(pipe, max_upload_mb, concurrency, random_weights), host, port, max_upload_mb, block=True,
+           max_queue=max_queue)

@@ -363,7 +363,8 @@ def _create_choice(form) -> dict:
     up there, never opened here)."""
     chosen = {s: first(form, f"system:{s}") for s in values(form, "set")}
     limit = first(form, "limit")
-    if limit and not (limit.isdigit() and int(limit) >= 1):
+    # ASCII digits only: "²".isdigit() is True but int("²") raises, and a 5,000-digit number would too.
+    if limit and not (re.fullmatch(r"[0-9]{1,9}", limit) and int(limit) >= 1):
         raise Refused("the limit must be a whole number of records, at least 1")
     title = first(form, "title") or DEFAULT_TITLE
     if len(title) > MAX_TITLE:
