@@ -7,6 +7,7 @@
 #   scripts/diagnostic_a.sh          # results in runs/eval/diag-a/*.json
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/link_state.sh
 mf=.venv/bin/melfusion
 py=.venv/bin/python
 N=${N:-96}

@@ -13,6 +13,7 @@
 # only after it wins on the bars: docs/model-card.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/link_state.sh
 bin/setup --test
 mf=.venv/bin/melfusion
 mkdir -p runs/logs
