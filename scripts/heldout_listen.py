@@ -58,18 +58,10 @@ def compose(pipe, pictures, captions, out: Path, progress: bool = True):
 
 
 def listened(folder: Path, pictures) -> list[dict]:
-    from melfusion.metrics.listeners import listen
+    from melfusion.metrics.listeners import listen_folder
 
-    cache = folder / "listen.json"
-    seen = json.loads(cache.read_text()) if cache.is_file() else {}
-    rows = []
-    for p in pictures:
-        if p.name not in seen:
-            y, sr = sf.read(str(folder / f"{p.name}.wav"), dtype="float32")
-            seen[p.name] = listen(y, sr)
-            cache.write_text(json.dumps(seen, indent=1))
-        rows.append({**seen[p.name], "warm": p.warm, "busy": p.busy, "source": p.source, "name": p.name})
-    return rows
+    heard = listen_folder(folder, [p.name for p in pictures])
+    return [{**heard[p.name], "warm": p.warm, "busy": p.busy, "source": p.source, "name": p.name} for p in pictures]
 
 
 def reference(manifest: Path, n: int) -> dict:

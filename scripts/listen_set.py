@@ -13,8 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-import soundfile as sf
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,22 +23,16 @@ def main() -> int:
     args = ap.parse_args()
     from melfusion.errors import MelFusionError
     from melfusion.metrics.evaluate import load_reference
-    from melfusion.metrics.listeners import following, listen
+    from melfusion.metrics.listeners import following, listen_folder
 
     gen = Path(args.generated)
     try:
         entries = [e for e in load_reference(args.manifest, args.split) if (gen / f"{e.id}.wav").is_file()]
         if not entries:
             raise MelFusionError(f"{gen} holds no clips of the {args.split} split of {args.manifest}")
-        cache = gen / "listen.json"
-        seen = json.loads(cache.read_text()) if cache.is_file() else {}
-        rows = []
-        for e in entries:
-            if e.id not in seen:
-                y, sr = sf.read(str(gen / f"{e.id}.wav"), dtype="float32")
-                seen[e.id] = listen(y, sr)
-                cache.write_text(json.dumps(seen, indent=1))
-            rows.append({**seen[e.id], "warm": e.record["mode"] == "major", "busy": e.record["energy"] == "driving"})
+        heard = listen_folder(gen, [e.id for e in entries])
+        rows = [{**heard[e.id], "warm": e.record["mode"] == "major", "busy": e.record["energy"] == "driving"}
+                for e in entries]
     except MelFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

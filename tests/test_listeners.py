@@ -69,3 +69,16 @@ def test_following_counts_scale_matches_and_gaps():
     assert f["key_profile_gap"] == pytest.approx(0.2 - (-0.1))
     assert f["onset_gap_librosa"] == pytest.approx(5.5 - 2.5)
     assert f["onset_gap_essentia"] == pytest.approx(4.5 - 1.5)
+
+
+def test_listen_folder_reads_each_clip_once_and_keeps_its_readings(tmp_path):
+    import soundfile as sf
+
+    from melfusion.metrics.listeners import listen_folder
+
+    sf.write(str(tmp_path / "a.wav"), _progression(False), SR)
+    sf.write(str(tmp_path / "b.wav"), _clicks(6.0), SR)
+    first = listen_folder(tmp_path, ["a", "b"])
+    assert first["a"]["key_profile_score"] > 0 and first["b"]["onset_rate_librosa"] > 3
+    (tmp_path / "a.wav").unlink()  # read from the cache now
+    assert listen_folder(tmp_path, ["a"])["a"] == first["a"]

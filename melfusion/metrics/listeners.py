@@ -92,6 +92,25 @@ def listen(wave: np.ndarray, sr: int, essentia: bool = True) -> dict:
     return out
 
 
+def listen_folder(folder, names: list[str]) -> dict[str, dict]:
+    """`listen` on `folder/<name>.wav` for each name, cached in `folder/listen.json` (a clip's
+    reading is saved as soon as it is made, so an interrupted run keeps what it heard)."""
+    import json
+    from pathlib import Path
+
+    import soundfile as sf
+
+    folder = Path(folder)
+    cache = folder / "listen.json"
+    seen = json.loads(cache.read_text()) if cache.is_file() else {}
+    for name in names:
+        if name not in seen:
+            y, sr = sf.read(str(folder / f"{name}.wav"), dtype="float32")
+            seen[name] = listen(y, sr)
+            cache.write_text(json.dumps(seen, indent=1))
+    return {name: seen[name] for name in names}
+
+
 def following(rows: list[dict]) -> dict:
     """How far the music follows the pictures, from `listen` results with the picture's labels.
 
