@@ -21,7 +21,7 @@ def main() -> None:
 
     import torch
 
-    from melfusion.cli import load_model
+    from melfusion.loading import load_model
     from melfusion.images import load_image
 
     pipe = load_model(args.model, seed=0)

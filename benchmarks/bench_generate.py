@@ -25,7 +25,7 @@ def measure(preset: str, duration: float, repeats: int, steps: int | None) -> di
     from melfusion import presets
     from melfusion.images import load_image
 
-    from melfusion.cli import load_model
+    from melfusion.loading import load_model
 
     torch.set_num_threads(int(torch.get_num_threads()))
     pipe = load_model(None) if preset == "default" else presets.build(preset)

@@ -12,38 +12,7 @@ import sys
 from pathlib import Path
 
 from melfusion.errors import MelFusionError
-
-DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
-
-
-def _quiet_libraries():
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-
-
-def load_model(spec: str | None, seed: int = 0):
-    """A model directory, a preset name (fresh random weights), or the shipped default."""
-    from melfusion import presets
-    from melfusion.pipeline import MelFusionPipeline
-
-    if spec is None:
-        if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
-            return MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)
-        print("note: no trained default model ships with this version yet; using the 'tiny' preset with "
-              "random weights, so the result is noise-like, not music", file=sys.stderr)
-        return presets.build("tiny", seed=seed)
-    if spec in presets.PRESETS and not Path(spec).exists():
-        if spec == "paper":
-            raise MelFusionError("the 'paper' preset has no weights of its own; point --model at a saved "
-                                 "paper-scale model directory")
-        print(f"note: preset '{spec}' with random (untrained) weights", file=sys.stderr)
-        return presets.build(spec, seed=seed)
-    return MelFusionPipeline.from_pretrained(spec)
+from melfusion.loading import load_model, quiet_libraries
 
 
 def cmd_generate(args) -> int:
@@ -78,7 +47,7 @@ def cmd_generate(args) -> int:
         check_duration(args.duration)
     if args.seed < 0:
         raise MelFusionError("--seed must be a non-negative integer")
-    _quiet_libraries()
+    quiet_libraries()
     pipe = load_model(args.model, seed=args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     result = pipe(image=image, prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
@@ -102,7 +71,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     if args.model:
         pipe = load_model(args.model)
         name = args.model
@@ -137,7 +106,7 @@ def cmd_train(args) -> int:
         except json.JSONDecodeError:
             overrides[key] = value
     cfg = load_config(args.config, overrides)
-    _quiet_libraries()
+    quiet_libraries()
     if args.export_checkpoint:
         from melfusion.training.trainer import export_checkpoint
 

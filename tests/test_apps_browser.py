@@ -58,7 +58,7 @@ def demo_url():
     """The demo with the default model (the command line's: the shipped one, or the random tiny
     preset where none ships), on 127.0.0.1, with a 0.05 MB upload limit so the size check can be tried."""
     from melfusion.apps.demo import build_demo, launch
-    from melfusion.cli import DEFAULT_MODEL_DIR, load_model
+    from melfusion.loading import DEFAULT_MODEL_DIR, load_model
 
     shipped = (DEFAULT_MODEL_DIR / "model_index.json").is_file()
     demo = build_demo(load_model(None), max_upload_mb=0.05, random_weights=not shipped)
@@ -116,7 +116,7 @@ def test_demo_upload_caption_generate_play_and_download(browser, demo_url, tmp_p
     info = media_info(tmp_path / "got.mp4")
     assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
     assert info["duration"] == pytest.approx(len(wave) / rate, abs=0.1)
-    from melfusion.cli import DEFAULT_MODEL_DIR
+    from melfusion.loading import DEFAULT_MODEL_DIR
 
     model = "shipped default" if (DEFAULT_MODEL_DIR / "model_index.json").is_file() else "random tiny preset"
     print(f"\ndemo: click Generate -> music playing in {to_sound:.2f} s (default model: {model}, "

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from melfusion.cli import DEFAULT_MODEL_DIR, load_model, main
+from melfusion.cli import main
+from melfusion.loading import DEFAULT_MODEL_DIR, load_model
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "beach-post.png"
 

@@ -280,7 +280,7 @@ def launch(demo, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float
 
 def serve(model=None, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, max_upload_mb: float = 10.0,
           max_queue: int = DEFAULT_MAX_QUEUE):
-    from melfusion.cli import DEFAULT_MODEL_DIR, _quiet_libraries, load_model
+    from melfusion.loading import DEFAULT_MODEL_DIR, load_model, quiet_libraries
 
     if concurrency < 1:
         raise MelFusionError("--concurrency must be at least 1")
@@ -289,7 +289,7 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 7860, concurrency: in
     _gradio()  # before loading a model
     if not 0 < max_upload_mb <= 200:
         raise MelFusionError("--max-upload-mb must be between 0 and 200")
-    _quiet_libraries()
+    quiet_libraries()
     pipe = load_model(model)
     random_weights = (model is None and not (DEFAULT_MODEL_DIR / "model_index.json").is_file()) or \
         (model is not None and not Path(model).exists())

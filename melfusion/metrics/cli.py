@@ -80,7 +80,7 @@ def weights_digest(model: str | None) -> str | None:
     place is not taken for the one that made a folder's clips; None for a preset's random weights."""
     import hashlib
 
-    from melfusion.cli import DEFAULT_MODEL_DIR
+    from melfusion.loading import DEFAULT_MODEL_DIR
 
     root = DEFAULT_MODEL_DIR if model is None else Path(model)
     if not root.is_dir():
@@ -99,7 +99,7 @@ def _generate_set(args) -> int:
     from tqdm import tqdm
 
     from melfusion.audio.io import write_wav
-    from melfusion.cli import _quiet_libraries, load_model
+    from melfusion.loading import load_model, quiet_libraries
     from melfusion.images import load_image
     from melfusion.metrics.evaluate import load_reference
     from melfusion.pipeline import check_duration, check_prompt
@@ -134,7 +134,7 @@ def _generate_set(args) -> int:
     if not todo:
         print(f"{out}: all {len(entries)} clips already there", file=sys.stderr)
         return 0
-    _quiet_libraries()
+    quiet_libraries()
     pipe = load_model(args.model, seed=args.seed)
     bar = tqdm(total=len(todo), desc="generate-set", unit="clip", disable=args.quiet, file=sys.stderr)
     for start in range(0, len(todo), args.batch_size):
@@ -154,13 +154,13 @@ def _generate_set(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from melfusion.cli import _quiet_libraries
+    from melfusion.loading import quiet_libraries
     from melfusion.metrics.evaluate import evaluate_dir, markdown_table
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise MelFusionError(f"--out must name a .json file, got {out}")
-    _quiet_libraries()
+    quiet_libraries()
     result = evaluate_dir(args.generated, args.reference, args.split, args.embedder, args.judges, args.subset)
     name = args.name or Path(args.generated).resolve().name
     table = markdown_table({name: result})
