@@ -158,13 +158,17 @@ class MelFusionPipeline:
                                  f"image statistics were measured at {stats}")
         return traj
 
+    def synapse_inputs(self, t2i_kv: list) -> list:
+        """Per synapse layer, the `(keys, values)` of the T2I layer it reads (from all captured layers)."""
+        return [t2i_kv[i] for i in self._partner_index]
+
     def image_features(self, trajectory: ImageTrajectory, music_timestep: int):
         """The synapse's input at a music step: features of the inverted step at the same noise
         fraction, standardised by the model's image statistics."""
         idx = trajectory.index_for(float(music_timestep) / self.music.num_train_timesteps)
         kv = trajectory.features[idx]
         batch = kv[0][0].shape[0]
-        return self.music.synapse.standardize([kv[i] for i in self._partner_index],
+        return self.music.synapse.standardize(self.synapse_inputs(kv),
                                               torch.full((batch,), idx - 1, dtype=torch.long))
 
     def image_features_for_training(self, trajectory: ImageTrajectory, timesteps: torch.Tensor):
@@ -178,7 +182,7 @@ class MelFusionPipeline:
         latents = trajectory.latents[torch.tensor(idx) - trajectory.feature_offset, b]
         t2i_steps = torch.tensor([trajectory.timesteps[i] for i in idx])
         kv = self.t2i.features(latents, t2i_steps, self.text_encoder.max_length)
-        return self.music.synapse.standardize([kv[i] for i in self._partner_index], torch.tensor(idx) - 1)
+        return self.music.synapse.standardize(self.synapse_inputs(kv), torch.tensor(idx) - 1)
 
     def inversion_steps_for(self, requested: int | None, denoising_steps: int) -> int:
         """The inversion's step count: the one the model was trained on where it says so (its

@@ -164,7 +164,7 @@ class MusicStage(Stage):
             for s in range(0, len(traj), batch):
                 z = traj[s:s + batch, step - offset]
                 kv = pipe.t2i.features(z, torch.full((len(z),), timesteps[step]), pipe.text_encoder.max_length)
-                parts.append([kv[j] for j in pipe._partner_index])
+                parts.append(pipe.synapse_inputs(kv))
             return [(torch.cat([p[j][0] for p in parts]), torch.cat([p[j][1] for p in parts]))
                     for j in range(len(parts[0]))]
 
