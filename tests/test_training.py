@@ -167,3 +167,31 @@ def test_alpha_lr_lets_the_synapse_alphas_move(tmp_path, manifest):
     a = load_config(_config(tmp_path, manifest, name="d1"))
     b = load_config(_config(tmp_path, manifest, name="d1", alpha_lr=0.05))
     assert a.fingerprint != b.fingerprint
+
+
+def test_a_run_resumes_after_its_tree_moves_or_its_data_becomes_a_link(tmp_path):
+    # A tree with its config and data; the same tree copied elsewhere, and one whose data/ is a link
+    # into a state folder: all three configs name the same run, another manifest does not.
+    def tree(root, link=False):
+        (root / "configs").mkdir(parents=True)
+        data = root / "data"
+        if link:
+            state = tmp_path / "state" / root.name
+            (state / "set").mkdir(parents=True)
+            data.symlink_to(state)
+        else:
+            (data / "set").mkdir(parents=True)
+        for name in ("manifest.jsonl", "other.jsonl"):
+            (data / "set" / name).write_text("{}\n")
+        for name, m in (("run.toml", "manifest.jsonl"), ("other.toml", "other.jsonl")):
+            (root / "configs" / name).write_text(
+                f'stage = "music"\nmanifest = "../data/set/{m}"\nout_dir = "../runs/a"\ninit = "tiny"\n')
+        return load_config(root / "configs" / "run.toml"), load_config(root / "configs" / "other.toml")
+
+    (a, other), (b, _), (c, _) = tree(tmp_path / "one"), tree(tmp_path / "two"), tree(tmp_path / "three", link=True)
+    assert a.manifest != b.manifest and a.fingerprint == b.fingerprint == c.fingerprint
+    assert other.fingerprint != a.fingerprint
+    # Through the link the path is kept as written, not resolved into the state folder.
+    assert c.manifest == str(tmp_path / "three" / "data" / "set" / "manifest.jsonl")
+    # Checkpoints written before (absolute paths in the digest) are still recognised in place.
+    assert a.fingerprints[1] != a.fingerprint and a.fingerprints[1] != b.fingerprints[1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,18 @@ class TrainConfig:
 
     @property
     def fingerprint(self) -> str:
-        """What a checkpoint must match to be resumed: everything but run-length settings."""
+        """What a checkpoint must match to be resumed: everything but run-length settings. Paths
+        count as written relative to the config file's folder, so a work tree that moved, or data
+        reached through a link, still resumes its runs."""
+        return self._digest(portable=True)
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        """Every digest a checkpoint of this config may carry: the current one, then the one of
+        checkpoints written before paths counted relative to the config (absolute paths)."""
+        return self._digest(portable=True), self._digest(portable=False)
+
+    def _digest(self, portable: bool) -> str:
         skip = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "val_every", "source", "cache_dir",
                 "trace_data"}
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
@@ -84,6 +96,16 @@ class TrainConfig:
                              ("high_noise_weight", 0.0)):
             if data.get(later) == unset:
                 data.pop(later, None)
+        if portable and self.source:
+            base = os.path.dirname(os.path.abspath(self.source))
+
+            def rel(p: str) -> str:
+                return os.path.relpath(p, base) if os.path.isabs(p) else p
+
+            for key in ("manifest", "out_dir", "init"):
+                data[key] = rel(data[key])
+            if data.get("init_parts"):
+                data["init_parts"] = {k: rel(v) for k, v in data["init_parts"].items()}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -109,7 +131,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     base = path.parent
     for key in ("manifest", "out_dir", "cache_dir"):
         if raw.get(key) is not None:
-            raw[key] = str((base / raw[key]).resolve()) if not Path(raw[key]).is_absolute() else raw[key]
+            raw[key] = _resolve(base, raw[key])
     init = raw.get("init", "small")
     from melfusion.presets import PRESETS
 
@@ -129,7 +151,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
 
 
 def _resolve(base: Path, p: str) -> str:
-    return str((base / p).resolve()) if not Path(p).is_absolute() else p
+    """An absolute path for `p` read from the folder `base`, with links left as they are (a run whose
+    data/ is a link into a state folder keeps its paths, and so its checkpoints, when the link moves)."""
+    return p if Path(p).is_absolute() else os.path.abspath(base / p)
 
 
 INIT_PARTS = ("t2i", "audio_vae")

@@ -269,7 +269,7 @@ def check_crop(cfg: TrainConfig, pipe) -> None:
 
 def load_checkpoint(cfg: TrainConfig, path: Path) -> dict:
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    if state.get("fingerprint") != cfg.fingerprint:
+    if state.get("fingerprint") not in cfg.fingerprints:
         raise MelFusionError(f"the checkpoint in {path} was made with another config "
                              f"({state.get('config_source')}); refusing to resume from it")
     return state
