@@ -52,7 +52,7 @@ def cmd_generate(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     result = pipe(image=image, prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, image_guidance_scale=args.image_guidance, generator=generator,
-                  progress=not args.quiet)
+                  progress=not args.quiet, solver=args.solver, precision=args.precision)
     write_wav(out, result.audio, result.sample_rate)
     if args.video:
         from melfusion.apps.video import make_video
@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-guidance", type=float, default=None,
                    help="a separate guidance scale for the image (one more model pass per step; default: the model's)")
     g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
+    g.add_argument("--solver", default=None, choices=("ddim", "dpm++2m", "unipc"),
+                   help="the sampler (default: the model's)")
+    g.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),
+                   help="UNet arithmetic: auto is bf16 where this CPU does bfloat16 natively (default: the model's)")
     g.add_argument("--video", default=None, metavar="PATH.mp4", help="also write the image with the music as a video")
     g.add_argument("--spectrogram", default=None, metavar="PATH.png", help="also write a picture of the mel spectrogram")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary")

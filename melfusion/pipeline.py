@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from melfusion.atomic import atomic_dir
@@ -26,6 +25,7 @@ from melfusion.audio.vocoder import Vocoder, load_vocoder
 from melfusion.errors import MelFusionError
 from melfusion.images import image_to_tensor, load_image
 from melfusion.music.ldm import MusicLDM
+from melfusion.schedulers import SOLVERS, make_scheduler
 from melfusion.synapse import VisualSynapse
 from melfusion.t2i.model import ImageTrajectory, TextToImageModel
 from melfusion.text.encoders import TextEncoder
@@ -71,6 +71,52 @@ def check_prompt(prompt: str) -> str:
     return text
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX); without it bf16
+    autocast is emulated and slower than fp32."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        if probe is not None and not probe():
+            return False
+    except RuntimeError:
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str) -> bool:
+    if precision not in PRECISIONS:
+        raise MelFusionError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision == "bf16" or (precision == "auto" and cpu_has_bf16())
+
+
+class _quiet_diffusers:
+    """diffusers' warnings silenced for a block (only where diffusers is in use: no import otherwise)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.saved = enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            from diffusers.utils import logging as dlogging
+
+            self.saved = dlogging.get_verbosity()
+            dlogging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            from diffusers.utils import logging as dlogging
+
+            dlogging.set_verbosity(self.saved)
+
+
 def check_duration(duration_s: float) -> float:
     if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) \
             or not MIN_DURATION_S <= duration_s <= MAX_DURATION_S:
@@ -86,7 +132,7 @@ class MelFusionPipeline:
         self.text_encoder, self.t2i, self.audio_vae = text_encoder, t2i, audio_vae
         self.music, self.vocoder, self.mel = music, vocoder, mel
         self.defaults = dict(num_inference_steps=25, guidance_scale=3.0, duration_s=10.0, inversion_steps=None,
-                             inversion_refine=0)
+                             inversion_refine=0, solver="ddim", precision="fp32")
         self.defaults.update(defaults or {})
         self.preset = preset
         # How the image reaches the music model: the paper's synapse, or a baseline's way
@@ -199,7 +245,12 @@ class MelFusionPipeline:
     def __call__(self, image, prompt, duration_s: float | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None,
-                 progress: bool = True, image_guidance_scale: float | None = None) -> MelFusionOutput:
+                 progress: bool = True, image_guidance_scale: float | None = None, solver: str | None = None,
+                 precision: str | None = None) -> MelFusionOutput:
+        """`solver`: "ddim" (the paper's), "dpm++2m" or "unipc". `precision`: "fp32", "bf16" (the
+        UNets under bfloat16 autocast) or "auto" (bf16 where this CPU has bfloat16 arithmetic);
+        both default to the model's saved choice. The image inversion always runs the DDIM steps
+        the model was trained on."""
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -216,6 +267,10 @@ class MelFusionPipeline:
             raise MelFusionError(f"image guidance scale must be between 0 and 50, got {image_guidance}")
         if self.conditioning == "text" or image_guidance == guidance:
             image_guidance = None  # the same as plain guidance (or nothing to guide: no image is read)
+        solver = d.get("solver") or "ddim" if solver is None else solver
+        if solver not in SOLVERS:
+            raise MelFusionError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
+        bf16 = use_bf16(d.get("precision") or "fp32" if precision is None else precision)
         single = isinstance(prompt, str)
         prompts = [check_prompt(p) for p in ([prompt] if single else list(prompt))]
         images = [image] if single or not isinstance(image, (list, tuple)) else list(image)
@@ -233,7 +288,8 @@ class MelFusionPipeline:
         clock = time.perf_counter()
         trajectory, image_kv, image_tokens = None, None, None
         if self.conditioning == "synapse":
-            trajectory = self.invert_image(pixels, inv_steps, progress)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                trajectory = self.invert_image(pixels, inv_steps, progress)
         elif self.conditioning != "text":
             image_tokens = self.image_encoder(pixels)
             if self.conditioning == "image-encoder":
@@ -255,7 +311,7 @@ class MelFusionPipeline:
             latents = torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
         else:
             latents = torch.randn(shape, generator=generator)
-        scheduler = DDIMScheduler.from_config(self.music.scheduler_config)
+        scheduler = make_scheduler(solver, self.music.scheduler_config)
         scheduler.set_timesteps(steps)
         latents = latents * scheduler.init_noise_sigma
         # Classifier-free guidance. Unconditional: empty caption and the null image. With a
@@ -285,7 +341,9 @@ class MelFusionPipeline:
             if n_pass > 1 and kv is not None:
                 kv = [(k.repeat(n_pass, *[1] * (k.dim() - 1)), v.repeat(n_pass, *[1] * (v.dim() - 1))) for k, v in kv]
             model_in = latents.repeat(n_pass, *[1] * (latents.dim() - 1))
-            out = self.music.predict(scheduler.scale_model_input(model_in, t), t, context, context_mask, kv, present)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = self.music.predict(scheduler.scale_model_input(model_in, t), t, context, context_mask, kv,
+                                         present).float()
             if n_pass == 3:
                 uncond, text_only, full = out.chunk(3)
                 out = uncond + guidance * (text_only - uncond) + image_guidance * (full - text_only)
@@ -335,6 +393,8 @@ class MelFusionPipeline:
             # Saved with diffusers' default processors: the synapse's weights live in synapse/.
             self.music.unet.save_pretrained(str(staging / "unet"))
             self.music.synapse.save_pretrained(staging / "synapse")
+            from diffusers import DDIMScheduler
+
             DDIMScheduler.from_config(self.music.scheduler_config).save_pretrained(str(staging / "scheduler"))
             self.vocoder.save_pretrained(staging / "vocoder")
             components = {c: c for c in COMPONENTS}
@@ -347,9 +407,14 @@ class MelFusionPipeline:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "MelFusionPipeline":
+    def from_pretrained(cls, directory: str | os.PathLike, lean: bool = False) -> "MelFusionPipeline":
         """Load a saved pipeline. Components may point elsewhere (an absolute path, e.g. to a
-        Stable Diffusion directory) through `components` in model_index.json."""
+        Stable Diffusion directory) through `components` in model_index.json.
+
+        `lean`: for inference, the lean runtime's modules (`melfusion.lean`: no diffusers or
+        transformers import, weights assigned without initialising) wherever they cover a
+        component's config, the libraries' elsewhere; the same function either way. Training
+        loads with the libraries' modules (the default)."""
         directory = Path(directory)
         index_file = directory / INDEX_NAME
         if not directory.is_dir():
@@ -365,17 +430,16 @@ class MelFusionPipeline:
         for name, path in paths.items():
             if not path.exists():
                 raise MelFusionError(f"model component {name} not found: {path}")
-        from diffusers.utils import logging as dlogging
+        with _quiet_diffusers(enabled=not lean):  # diffusers warns about our custom processors otherwise
+            from melfusion.t2i.model import load_text_encoder, load_unet, text_encoder_key
 
-        verbosity = dlogging.get_verbosity()
-        dlogging.set_verbosity_error()  # diffusers warns about our custom processors otherwise
-        try:
-            text_encoder = TextEncoder.from_pretrained(paths["text_encoder"])
-            t2i = TextToImageModel.from_pretrained(paths["t2i"])
-            audio_vae = AudioVAE.from_pretrained(paths["audio_vae"])
+            text_encoder = load_text_encoder(paths["text_encoder"], lean)
+            key = text_encoder_key(paths["text_encoder"])
+            t2i = TextToImageModel.from_pretrained(paths["t2i"], lean, {key: text_encoder} if key else None)
+            audio_vae = AudioVAE.from_pretrained(paths["audio_vae"], lean)
             try:
-                unet = UNet2DConditionModel.from_pretrained(str(paths["unet"]))
-                scheduler_config = dict(DDIMScheduler.load_config(str(paths["scheduler"])))
+                unet = load_unet(paths["unet"], lean)
+                scheduler_config = json.loads((paths["scheduler"] / "scheduler_config.json").read_text())
             except (OSError, ValueError) as exc:
                 raise MelFusionError(f"cannot load the music UNet in {directory}: {str(exc).splitlines()[0]}") from None
             synapse = VisualSynapse.from_pretrained(paths["synapse"])
@@ -386,7 +450,5 @@ class MelFusionPipeline:
                 from melfusion.baselines import ImageEncoder
 
                 image_encoder = ImageEncoder.from_pretrained(directory / index["components"]["image_encoder"])
-        finally:
-            dlogging.set_verbosity(verbosity)
         return cls(text_encoder, t2i, audio_vae, music, vocoder, mel, index.get("defaults"), index.get("preset"),
                    index.get("conditioning", "synapse"), image_encoder)

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
 
 from melfusion.errors import MelFusionError
 
 
 class AudioVAE(torch.nn.Module):
-    def __init__(self, vae: AutoencoderKL):
+    def __init__(self, vae):
+        """`vae`: diffusers' `AutoencoderKL` or the lean runtime's (`melfusion.lean.vae`)."""
         super().__init__()
         self.vae = vae
 
@@ -44,10 +44,21 @@ class AudioVAE(torch.nn.Module):
         self.vae.save_pretrained(str(directory))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "AudioVAE":
+    def from_pretrained(cls, directory: str | Path, lean: bool = False) -> "AudioVAE":
+        """`lean`: the lean runtime's autoencoder where it covers the config (no diffusers import)."""
         directory = Path(directory)
         if not (directory / "config.json").is_file():
             raise MelFusionError(f"no audio VAE in {directory} (config.json missing)")
+        if lean:
+            from melfusion.lean import Unsupported
+            from melfusion.lean.vae import LeanAutoencoderKL
+
+            try:
+                return cls(LeanAutoencoderKL.from_pretrained(directory))
+            except Unsupported:
+                pass
+        from diffusers import AutoencoderKL
+
         try:
             return cls(AutoencoderKL.from_pretrained(str(directory)))
         except (OSError, ValueError) as exc:

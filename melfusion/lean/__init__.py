@@ -75,6 +75,11 @@ def assign_weights(module: torch.nn.Module, state: dict, what: str, dtype=torch.
 
 
 def read_safetensors(path: str | Path) -> dict:
+    """The tensors of a safetensors file; a file that is missing or does not read is `Unsupported`
+    (the library's loader then says what is wrong with it, in its words)."""
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure to read hands the file to the library
+        raise Unsupported(f"cannot read {path}: {type(exc).__name__}") from None

@@ -433,7 +433,15 @@ class LeanTextEncoder(nn.Module):
         return cls(model, tokenizer, int(length), source)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        raise NotImplementedError("LeanTextEncoder is for inference; save with melfusion.text.encoders.TextEncoder")
+        """An encoder that reads its weights from a source (a package, a user's folder) saves as the
+        library's does: its settings only. Weights of its own are saved by `TextEncoder`."""
+        if not self.source:
+            raise NotImplementedError("LeanTextEncoder saves only encoders read from a source; load the model "
+                                      "without lean=True to save its text encoder's weights")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps({"max_length": self.max_length, "source": self.source},
+                                                        indent=2))
 
 
 __all__ = ["LeanBert", "LeanTextEncoder", "LeanTokenizer", "check_bert_config", "read_weights"]

@@ -11,7 +11,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from melfusion.errors import MelFusionError
 from melfusion.synapse import VisualSynapse
@@ -69,21 +68,31 @@ def append_image_tokens(text, text_mask, image_tokens, keep_image):
 
 
 class MusicLDM(torch.nn.Module):
-    def __init__(self, unet: UNet2DConditionModel, synapse: VisualSynapse, scheduler_config: dict):
+    def __init__(self, unet, synapse: VisualSynapse, scheduler_config: dict):
+        """`unet`: diffusers' `UNet2DConditionModel` or the lean runtime's (`melfusion.lean.unet`)."""
         super().__init__()
         self.unet = unet
         self.synapse = synapse
         self.scheduler_config = dict(scheduler_config)
-        self.noise_scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        self._noise_scheduler = None
         synapse.attach(unet)
 
     @property
+    def noise_scheduler(self):
+        """The training noise schedule (diffusers' DDIM: `add_noise`, `get_velocity`), made on first use."""
+        if self._noise_scheduler is None:
+            from diffusers import DDIMScheduler
+
+            self._noise_scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        return self._noise_scheduler
+
+    @property
     def prediction_type(self) -> str:
-        return self.noise_scheduler.config.prediction_type
+        return self.scheduler_config.get("prediction_type", "epsilon")
 
     @property
     def num_train_timesteps(self) -> int:
-        return int(self.noise_scheduler.config.num_train_timesteps)
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
     def predict(self, latents, t, text, text_mask, image_kv: ImageKV | None, image_present=None):
         """One UNet evaluation: `(batch, c, frames, mels)` latent at timestep(s) `t` -> model output."""

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, UNet2DConditionModel
 
 from melfusion.errors import MelFusionError
+from melfusion.schedulers import make_scheduler
 from melfusion.t2i.capture import KVCaptureProcessor, KVStore, decoder_self_attention_names
 from melfusion.text.encoders import TextEncoder
 
@@ -44,8 +44,9 @@ class ImageTrajectory:
 
 
 class TextToImageModel(torch.nn.Module):
-    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler_config: dict,
-                 text_encoder: TextEncoder | None, image_size: int | None = None):
+    def __init__(self, unet, vae, scheduler_config: dict, text_encoder: TextEncoder | None,
+                 image_size: int | None = None):
+        """`unet`, `vae`: diffusers' `UNet2DConditionModel` and `AutoencoderKL`, or the lean runtime's."""
         super().__init__()
         self.unet = unet.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
@@ -80,7 +81,8 @@ class TextToImageModel(torch.nn.Module):
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """`(batch, 3, H, W)` in [0, 1] -> scaled VAE latent mean `(batch, c, h, w)`."""
-        dist = self.vae.encode(pixels * 2 - 1).latent_dist
+        with torch.autocast("cpu", enabled=False):  # the encoder runs once: fp32 under any autocast
+            dist = self.vae.encode(pixels.float() * 2 - 1).latent_dist
         return dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
@@ -91,8 +93,10 @@ class TextToImageModel(torch.nn.Module):
     def _unet(self, latent, t, context, capture_tokens: int | None):
         if capture_tokens is not None:
             self.store.start(capture_tokens)
-        noise = self.unet(latent, t, encoder_hidden_states=context).sample
+        noise = self.unet(latent, t, encoder_hidden_states=context).sample.float()
         kv = self.store.stop() if capture_tokens is not None else None
+        if kv is not None and kv[0][0].dtype != torch.float32:  # under bf16 autocast
+            kv = [(k.float(), v.float()) for k, v in kv]
         return noise, kv
 
     @torch.no_grad()
@@ -109,7 +113,7 @@ class TextToImageModel(torch.nn.Module):
         With `capture_tokens`, the decoder self-attention keys/values of every step are kept,
         pooled to that many tokens: the features the music model reads at the matching step.
         """
-        scheduler = DDIMInverseScheduler.from_config(self.scheduler_config)
+        scheduler = make_scheduler("ddim-inverse", self.scheduler_config)
         scheduler.set_timesteps(num_steps)
         context = self.null_embedding(latent.shape[0])
         latents, steps, features = [latent], [-1], [None]
@@ -131,7 +135,7 @@ class TextToImageModel(torch.nn.Module):
     @torch.no_grad()
     def sample_from(self, latent: torch.Tensor, num_steps: int) -> torch.Tensor:
         """Plain DDIM sampling (null prompt, no guidance) from a noisy latent back to a clean one."""
-        scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        scheduler = make_scheduler("ddim", self.scheduler_config)
         scheduler.set_timesteps(num_steps)
         context = self.null_embedding(latent.shape[0])
         for t in scheduler.timesteps:
@@ -151,24 +155,87 @@ class TextToImageModel(torch.nn.Module):
         # Capture processors hold no weights; the UNet saves with its plain config.
         self.unet.save_pretrained(str(directory / "unet"))
         self.vae.save_pretrained(str(directory / "vae"))
+        from diffusers import DDIMScheduler
+
         DDIMScheduler.from_config(self.scheduler_config).save_pretrained(str(directory / "scheduler"))
         if self.text_encoder is not None:
             self.text_encoder.save_pretrained(directory / "text_encoder")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "TextToImageModel":
+    def from_pretrained(cls, directory: str | Path, lean: bool = False,
+                        text_encoders: dict | None = None) -> "TextToImageModel":
+        """`lean`: the lean runtime's UNet and VAE where they cover the configs (no diffusers
+        import). `text_encoders`: encoders already loaded, by `text_encoder_key`; one that reads
+        the same weights at the same length is shared instead of loaded twice."""
         directory = Path(directory)
         for part in ("unet", "vae", "scheduler", "text_encoder"):
             if not (directory / part).is_dir():
                 raise MelFusionError(f"{directory} is not a text-to-image model in Stable Diffusion's layout "
                                      f"(no {part}/ folder)")
         try:
-            unet = UNet2DConditionModel.from_pretrained(str(directory / "unet"))
-            vae = AutoencoderKL.from_pretrained(str(directory / "vae"))
+            unet = load_unet(directory / "unet", lean)
+            vae = load_vae(directory / "vae", lean)
             sched_file = directory / "scheduler" / "scheduler_config.json"
             scheduler_config = json.loads(sched_file.read_text())
         except (OSError, ValueError, json.JSONDecodeError) as exc:
             raise MelFusionError(f"cannot load the text-to-image model in {directory}: "
                                  f"{str(exc).splitlines()[0]}") from None
-        text_encoder = TextEncoder.from_pretrained(directory / "text_encoder")
+        key = text_encoder_key(directory / "text_encoder")
+        text_encoder = (text_encoders or {}).get(key) if key is not None else None
+        if text_encoder is None:
+            text_encoder = load_text_encoder(directory / "text_encoder", lean)
         return cls(unet, vae, scheduler_config, text_encoder)
+
+
+def load_unet(directory: Path, lean: bool = False):
+    """A saved `UNet2DConditionModel`: the lean runtime's where it covers the config, else diffusers'."""
+    if lean:
+        from melfusion.lean import Unsupported
+        from melfusion.lean.unet import LeanUNet
+
+        try:
+            return LeanUNet.from_pretrained(directory)
+        except Unsupported:
+            pass
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(directory))
+
+
+def load_vae(directory: Path, lean: bool = False):
+    if lean:
+        from melfusion.lean import Unsupported
+        from melfusion.lean.vae import LeanAutoencoderKL
+
+        try:
+            return LeanAutoencoderKL.from_pretrained(directory)
+        except Unsupported:
+            pass
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(str(directory))
+
+
+def text_encoder_key(directory: Path):
+    """What makes two saved text encoders the same: a shared source and length (None: weights of its own)."""
+    from melfusion.text.encoders import CONFIG_NAME
+
+    try:
+        settings = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(settings, dict) or not settings.get("source"):
+        return None
+    return settings["source"], settings.get("max_length")
+
+
+def load_text_encoder(directory: Path, lean: bool = False):
+    if lean:
+        from melfusion.lean import Unsupported
+        from melfusion.lean.text import LeanTextEncoder
+
+        try:
+            return LeanTextEncoder.from_pretrained(directory)
+        except Unsupported:
+            pass
+    return TextEncoder.from_pretrained(directory)

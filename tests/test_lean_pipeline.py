@@ -1,0 +1,80 @@
+"""A saved model loaded on the lean runtime makes the music the libraries' modules make."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from melfusion.loading import DEFAULT_MODEL_DIR
+from melfusion.pipeline import MelFusionPipeline, use_bf16
+
+
+def _music(pipe, **kw):
+    out = pipe(image="examples/beach-post.png", prompt="a calm piano piece at dusk", duration_s=2.0,
+               num_inference_steps=4, generator=torch.Generator().manual_seed(3), progress=False, **kw)
+    return out.audio
+
+
+def test_the_default_on_the_lean_runtime_gives_the_same_audio():
+    lean = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, lean=True)
+    lib = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    assert type(lean.music.unet).__name__ == "LeanUNet" and type(lib.music.unet).__name__ == "UNet2DConditionModel"
+    assert type(lean.text_encoder).__name__ == "LeanTextEncoder"
+    # Both sides read the same MiniLM at the same length: one instance, loaded once.
+    assert lean.t2i.text_encoder is lean.text_encoder and lib.t2i.text_encoder is lib.text_encoder
+    a, b = _music(lean), _music(lib)
+    assert np.abs(a).max() > 0.05
+    assert np.abs(a - b).max() < 1e-4
+    other = lean(image="examples/beach-post.png", prompt="a calm piano piece at dusk", duration_s=2.0,
+                 num_inference_steps=4, generator=torch.Generator().manual_seed(4), progress=False).audio
+    assert np.abs(other - a).max() > 0.05  # the seed changes the music: the comparison can fail
+
+
+def test_a_saved_random_model_loads_lean_with_the_same_function(tmp_path):
+    from melfusion import presets
+
+    presets.build("tiny", seed=1).save_pretrained(tmp_path / "m")
+    lean = MelFusionPipeline.from_pretrained(tmp_path / "m", lean=True)
+    lib = MelFusionPipeline.from_pretrained(tmp_path / "m")
+    for solver in ("ddim", "dpm++2m", "unipc"):
+        a, b = _music(lean, solver=solver), _music(lib, solver=solver)
+        assert np.abs(a - b).max() < 1e-4, solver
+    assert np.abs(_music(lean, solver="dpm++2m") - _music(lean)).max() > 1e-3  # the solver is used
+
+
+def test_a_component_the_lean_runtime_does_not_cover_falls_back_to_the_library(tmp_path):
+    from melfusion import presets
+
+    presets.build("tiny", seed=1).save_pretrained(tmp_path / "m")
+    cfg_file = tmp_path / "m" / "unet" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["upcast_attention"] = True  # outside the lean UNet; the same weights load in the library
+    cfg_file.write_text(json.dumps(cfg))
+    pipe = MelFusionPipeline.from_pretrained(tmp_path / "m", lean=True)
+    assert type(pipe.music.unet).__name__ == "UNet2DConditionModel"
+    assert type(pipe.t2i.unet).__name__ == "LeanUNet"
+
+
+def test_generate_from_a_fresh_process_imports_neither_library(tmp_path):
+    code = ("import sys; from melfusion.cli import main; rc = main(['generate', '--image', 'examples/beach-post.png', "
+            f"'--text', 'soft folk guitar', '--out', r'{tmp_path / 'a.wav'}', '--duration', '2', '--steps', '2', "
+            "'--quiet']); print(rc, sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'transformers', "
+            "'accelerate'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0 []"
+    assert (tmp_path / "a.wav").stat().st_size > 32000
+
+
+def test_bf16_runs_where_asked_and_stays_close_to_fp32():
+    pipe = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, lean=True)
+    with pytest.raises(Exception, match="precision must be one of"):
+        use_bf16("fp16")
+    a, b = _music(pipe), _music(pipe, precision="bf16")
+    assert np.abs(a - b).max() > 0  # bf16 arithmetic was used
+    spec = [np.abs(np.fft.rfft(x[: 16000 * 2])) for x in (a, b)]
+    # The same music: the spectra agree closely though samples differ at the rounding level.
+    corr = np.corrcoef(np.log1p(spec[0]), np.log1p(spec[1]))[0, 1]
+    assert corr > 0.9
