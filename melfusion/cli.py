@@ -1,6 +1,7 @@
 """The `melfusion` command line.
 
     melfusion generate --image cover.png --text "warm bossa nova with nylon guitar" --out song.wav
+    melfusion generate ... --out song.wav --duration 90 --without-image plain.wav --variations 3
     melfusion info --preset paper
 """
 from __future__ import annotations
@@ -14,6 +15,46 @@ from pathlib import Path
 from melfusion.errors import MelFusionError
 from melfusion.loading import load_model, quiet_libraries
 
+MAX_VARIATIONS = 16
+
+
+def check_output(path, flag: str, suffix: str = ".wav") -> Path:
+    """An output file the run may write: the right suffix, not a folder, in a folder this user may write to."""
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise MelFusionError(f"{flag} must name a {suffix} file, got {out}")
+    if out.is_dir():
+        raise MelFusionError(f"{flag} is a directory: {out}")
+    folder = out.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise MelFusionError(f"cannot write {out}: {folder} is not a folder this user may write to")
+    return out
+
+
+def numbered(path, index: int, count: int) -> Path | None:
+    """With --variations N > 1 every output is numbered: song.wav -> song-1.wav ... song-N.wav."""
+    if path is None:
+        return None
+    path = Path(path)
+    return path if count == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
+
+
+def parse_loudness(text: str | None) -> float | bool:
+    """--loudness: a target in LUFS, or "off" (False: the model's output as it comes)."""
+    from melfusion.audio.loudness import DEFAULT_LOUDNESS_LUFS, check_loudness
+
+    if text is None:
+        return DEFAULT_LOUDNESS_LUFS
+    if text.strip().lower() == "off":
+        return False
+    try:
+        value = float(text)
+    except ValueError:
+        raise MelFusionError(f"--loudness takes a loudness in LUFS (e.g. -14) or off, got {text!r}") from None
+    return check_loudness(value)
+
 
 def cmd_generate(args) -> int:
     import torch
@@ -22,16 +63,13 @@ def cmd_generate(args) -> int:
     from melfusion.images import load_image
     from melfusion.pipeline import check_duration, check_prompt
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".wav":
-        raise MelFusionError(f"--out must name a .wav file, got {out}")
-    if out.is_dir():
-        raise MelFusionError(f"--out is a directory: {out}")
-    folder = out.absolute().parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise MelFusionError(f"cannot write {out}: {folder} is not a folder this user may write to")
+    out = check_output(args.out, "--out")
+    plain = check_output(args.without_image, "--without-image") if args.without_image else None
+    if plain is not None and plain.absolute() == out.absolute():
+        raise MelFusionError("--without-image must name another file than --out")
+    if not 1 <= args.variations <= MAX_VARIATIONS:
+        raise MelFusionError(f"--variations must be between 1 and {MAX_VARIATIONS}, got {args.variations}")
+    loudness = parse_loudness(args.loudness)
     if args.video and Path(args.video).suffix.lower() != ".mp4":
         raise MelFusionError(f"--video must name an .mp4 file, got {args.video}")
     if args.video:
@@ -49,25 +87,43 @@ def cmd_generate(args) -> int:
         raise MelFusionError("--seed must be a non-negative integer")
     quiet_libraries()
     pipe = load_model(args.model, seed=args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    result = pipe(image=image, prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, image_guidance_scale=args.image_guidance, generator=generator,
-                  progress=not args.quiet, solver=args.solver, precision=args.precision)
-    write_wav(out, result.audio, result.sample_rate)
-    if args.video:
-        from melfusion.apps.video import make_video
+    if plain is not None and not pipe.has_null_image:
+        raise MelFusionError(f"--without-image: {pipe.no_null_image_reason()}")
+    settings = dict(prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
+                    guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
+                    progress=not args.quiet, solver=args.solver, precision=args.precision, loudness_lufs=loudness)
+    n = args.variations
+    for i in range(1, n + 1):
+        seed = args.seed + i - 1
+        result = pipe(image=image, generator=torch.Generator().manual_seed(seed), **settings)
+        target = numbered(out, i, n)
+        write_wav(target, result.audio, result.sample_rate)
+        if args.video:
+            from melfusion.apps.video import make_video
 
-        make_video(args.video, image, result.audio, result.sample_rate)
-    if args.spectrogram:
-        from melfusion.apps.spectrogram import save_spectrogram
+            make_video(numbered(args.video, i, n), image, result.audio, result.sample_rate)
+        if args.spectrogram:
+            from melfusion.apps.spectrogram import save_spectrogram
 
-        save_spectrogram(args.spectrogram, result.log_mel)
-    if not args.quiet:
-        t = result.timings
-        print(f"wrote {out} ({len(result.audio) / result.sample_rate:.1f} s at {result.sample_rate} Hz; "
-              f"inversion {t['inversion']:.1f} s, denoising {t['denoising']:.1f} s, "
-              f"vocoding {t['vocoding']:.1f} s)", file=sys.stderr)
+            save_spectrogram(numbered(args.spectrogram, i, n), result.log_mel)
+        _report(args, target, result, seed if n > 1 else None)
+        if plain is not None:
+            # The same seed, so the same starting noise: the two differ by the picture alone.
+            alone = pipe(image=None, generator=torch.Generator().manual_seed(seed), **settings)
+            write_wav(numbered(plain, i, n), alone.audio, alone.sample_rate)
+            _report(args, numbered(plain, i, n), alone, seed if n > 1 else None, "without the picture")
     return 0
+
+
+def _report(args, path, result, seed=None, what: str = "") -> None:
+    if args.quiet:
+        return
+    t = result.timings
+    note = ", ".join(x for x in (what, f"seed {seed}" if seed is not None else "") if x)
+    windows = f", {len(result.windows)} windows" if result.windows else ""
+    print(f"wrote {path} ({len(result.audio) / result.sample_rate:.1f} s at {result.sample_rate} Hz"
+          f"{'; ' + note if note else ''}{windows}; inversion {t['inversion']:.1f} s, "
+          f"denoising {t['denoising']:.1f} s, vocoding {t['vocoding']:.1f} s)", file=sys.stderr)
 
 
 def cmd_info(args) -> int:
@@ -134,7 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--image-guidance", type=float, default=None,
                    help="a separate guidance scale for the image (one more model pass per step; default: the model's)")
-    g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
+    g.add_argument("--duration", type=float, default=None,
+                   help="seconds of audio, up to 120; past the model's window (its trained length, 10 s) the piece "
+                        "is composed window by window, each continuing the last (default: the model's)")
+    g.add_argument("--without-image", default=None, metavar="PATH.wav",
+                   help="also write the same seed's music with the picture absent (the null image): what the "
+                        "picture contributes is the difference; needs a model with the null image")
+    g.add_argument("--variations", type=int, default=1, metavar="N",
+                   help=f"write N pieces from seeds SEED, SEED+1, ... (1 to {MAX_VARIATIONS}); with N > 1 every "
+                        "output is numbered: OUT-1.wav ... OUT-N.wav (and so --without-image, --video, --spectrogram)")
+    g.add_argument("--loudness", default=None, metavar="LUFS",
+                   help="integrated loudness to master every piece to, with a 50 ms fade at the end and peaks held "
+                        "under -1 dBFS (default -14 LUFS; off: the model's output as it comes)")
     g.add_argument("--solver", default=None, choices=("ddim", "dpm++2m", "unipc"),
                    help="the sampler (default: the model's)")
     g.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),

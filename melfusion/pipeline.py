@@ -4,6 +4,10 @@
     out = pipe(image="cover.png", prompt="lo-fi hip-hop with a dusty piano", duration_s=10,
                generator=torch.Generator().manual_seed(0))
     out.audio, out.sample_rate
+
+    pipe(image=None, ...)              # the same seed's music with the picture absent (the null image)
+    pipe(..., duration_s=90)           # longer than the model's window: composed window by window
+    pipe(..., loudness_lufs=-14)       # mastered: that integrated loudness, a fade, peaks under -1 dBFS
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from melfusion.audio.vae import AudioVAE
 from melfusion.audio.vocoder import Vocoder, load_vocoder
 from melfusion.errors import MelFusionError
 from melfusion.images import image_to_tensor, load_image
+from melfusion.long import (WINDOW_OVERLAP, WINDOW_TAIL_S, Held, crossfade_mels, level_after, level_at_start,
+                            overlap_frames, plan_windows, tail_frames)
 from melfusion.music.ldm import MusicLDM
 from melfusion.schedulers import SOLVERS, make_scheduler
 from melfusion.synapse import VisualSynapse
@@ -32,7 +38,9 @@ from melfusion.text.encoders import TextEncoder
 
 INDEX_NAME = "model_index.json"
 MAX_CAPTION_CHARS = 1000
-MIN_DURATION_S, MAX_DURATION_S = 1.0, 30.0
+# MAX_DURATION_S bounds one window (one pass of the models over the whole latent); a piece may be
+# up to MAX_LONG_DURATION_S, composed window by window (melfusion.long) past the model's window.
+MIN_DURATION_S, MAX_DURATION_S, MAX_LONG_DURATION_S = 1.0, 30.0, 120.0
 COMPONENTS = ("text_encoder", "t2i", "audio_vae", "unet", "synapse", "scheduler", "vocoder")
 CONDITIONINGS = ("synapse", "text", "concat", "tangopp", "image-encoder")
 NEEDS_IMAGE_ENCODER = ("concat", "tangopp", "image-encoder")  # the baselines that read the image themselves
@@ -46,6 +54,11 @@ class MelFusionOutput:
     sample_rate: int
     log_mel: torch.Tensor      # (batch, frames, mels)
     timings: dict = field(default_factory=dict)  # seconds per stage
+    # Past the model's window: each window's span in mel frames, its final latent, and the mel
+    # frames where new music begins after a held overlap (melfusion.long.join_report reads them).
+    windows: list = field(default_factory=list)
+    window_latents: list = field(default_factory=list)
+    joins: list = field(default_factory=list)
 
 
 # Control characters (NUL, escape sequences, bells; C0 and C1) mean nothing in a caption: spaces.
@@ -117,12 +130,29 @@ class _quiet_diffusers:
             dlogging.set_verbosity(self.saved)
 
 
-def check_duration(duration_s: float) -> float:
-    if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) \
-            or not MIN_DURATION_S <= duration_s <= MAX_DURATION_S:
-        raise MelFusionError(f"duration must be between {MIN_DURATION_S:g} and {MAX_DURATION_S:g} seconds, "
+def check_duration(duration_s: float, limit: float = MAX_LONG_DURATION_S) -> float:
+    """A piece's length: up to 120 s (past the model's window it is composed window by window);
+    `limit=MAX_DURATION_S` for what one window may be."""
+    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) \
+            or not MIN_DURATION_S <= duration_s <= limit:
+        raise MelFusionError(f"duration must be between {MIN_DURATION_S:g} and {limit:g} seconds, "
                              f"got {duration_s}")
     return float(duration_s)
+
+
+@dataclass
+class _Guidance:
+    """What every denoising step of one call reads: the guidance passes' captions, masks and
+    image flags, the image (its inversion, or a baseline's keys and values) and the scales."""
+    context: torch.Tensor
+    context_mask: torch.Tensor
+    present: torch.Tensor
+    n_pass: int
+    trajectory: ImageTrajectory | None
+    image_kv: list | None
+    guidance: float
+    image_guidance: float | None
+    bf16: bool
 
 
 class MelFusionPipeline:
@@ -241,16 +271,48 @@ class MelFusionPipeline:
                                  f"{steps} inversion steps would feed the synapse features it never saw")
         return steps
 
+    # -- windows and the absent picture ----------------------------------------------------------
+    @property
+    def has_null_image(self) -> bool:
+        """Whether this model can compose with the picture absent: its synapse reads an absent
+        image as the null image (zero features, alpha kept), so only the picture goes. Models
+        saved before the null image read absence as alpha = 0 ("alpha-zero"), another function
+        than the one they compose with: no honest "without the picture" there. The baselines
+        read the picture with their own encoders and have no such switch."""
+        return self.conditioning in ("synapse", "text") and self.music.synapse.config.absent == "null-image"
+
+    @property
+    def window_s(self) -> float:
+        """The length the model composes in one pass: its trained clip length (`window_s` in its
+        defaults where it says so, else its default duration). Longer pieces are windows of it."""
+        d = self.defaults
+        return check_duration(float(d.get("window_s") or d["duration_s"]), MAX_DURATION_S)
+
+    def window_overlap(self) -> float:
+        share = float(self.defaults.get("window_overlap", WINDOW_OVERLAP))
+        if not 0.0 < share < 1.0:
+            raise MelFusionError(f"window_overlap must lie strictly between 0 and 1, got {share}")
+        return share
+
+    # -- composing -------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, image, prompt, duration_s: float | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None,
                  progress: bool = True, image_guidance_scale: float | None = None, solver: str | None = None,
-                 precision: str | None = None) -> MelFusionOutput:
-        """`solver`: "ddim" (the paper's), "dpm++2m" or "unipc". `precision`: "fp32", "bf16" (the
-        UNets under bfloat16 autocast) or "auto" (bf16 where this CPU has bfloat16 arithmetic);
-        both default to the model's saved choice. The image inversion always runs the DDIM steps
-        the model was trained on."""
+                 precision: str | None = None, loudness_lufs: float | bool | None = None) -> MelFusionOutput:
+        """`image`: a path, PIL image or pixel tensor (a list of them for a list of captions), or
+        None for the music with the picture absent (the null image; `has_null_image` says whether
+        the model has one): the same seed gives the same starting noise either way, so the two
+        differ by what the picture contributes. `duration_s`: up to 120 s; past the model's
+        window (`window_s`) the piece is composed window by window (melfusion.long); up to it,
+        one pass, as always. `solver`: "ddim" (the paper's), "dpm++2m" or "unipc". `precision`:
+        "fp32", "bf16" (the UNets under bfloat16 autocast) or "auto" (bf16 where this CPU has
+        bfloat16 arithmetic); both default to the model's saved choice. The image inversion
+        always runs the DDIM steps the model was trained on. `loudness_lufs`: master the result
+        to that integrated loudness (melfusion.audio.loudness: a 50 ms fade, peaks under -1 dBFS);
+        None (the default, unless the model's defaults say `loudness_lufs`) or False leaves the
+        model's own output, which is what the evaluation scores."""
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -265,18 +327,36 @@ class MelFusionPipeline:
         image_guidance = None if image_guidance_scale is None else float(image_guidance_scale)
         if image_guidance is not None and (not math.isfinite(image_guidance) or not 0 <= image_guidance <= 50):
             raise MelFusionError(f"image guidance scale must be between 0 and 50, got {image_guidance}")
-        if self.conditioning == "text" or image_guidance == guidance:
-            image_guidance = None  # the same as plain guidance (or nothing to guide: no image is read)
         solver = d.get("solver") or "ddim" if solver is None else solver
         if solver not in SOLVERS:
             raise MelFusionError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
         bf16 = use_bf16(d.get("precision") or "fp32" if precision is None else precision)
+        if loudness_lufs is None:
+            loudness_lufs = d.get("loudness_lufs")
+        if loudness_lufs is False:  # explicitly off, whatever the model's default
+            loudness_lufs = None
+        if loudness_lufs is not None:
+            from melfusion.audio.loudness import check_loudness
+
+            loudness_lufs = check_loudness(loudness_lufs)
         single = isinstance(prompt, str)
         prompts = [check_prompt(p) for p in ([prompt] if single else list(prompt))]
-        images = [image] if single or not isinstance(image, (list, tuple)) else list(image)
-        if len(images) != len(prompts):
-            raise MelFusionError(f"{len(images)} images for {len(prompts)} captions")
-        pixels = self.prepare_images(images)
+        no_image = image is None
+        if no_image and not self.has_null_image:
+            raise MelFusionError(self.no_null_image_reason())
+        if self.conditioning == "text" or image_guidance == guidance or no_image:
+            image_guidance = None  # the same as plain guidance (or nothing to guide: no image is read)
+        pixels = None
+        if not no_image:
+            images = [image] if single or not isinstance(image, (list, tuple)) else list(image)
+            if any(img is None for img in images):
+                raise MelFusionError("either every caption has a picture or none has (image=None)")
+            if len(images) != len(prompts):
+                raise MelFusionError(f"{len(images)} images for {len(prompts)} captions")
+            pixels = self.prepare_images(images)
+        window_s = self.window_s
+        long_piece = duration_s > window_s
+        overlap = self.window_overlap() if long_piece else None
         timings, clock = {}, time.perf_counter()
 
         # 1. Encode the caption (and the empty caption for classifier-free guidance).
@@ -284,10 +364,13 @@ class MelFusionPipeline:
         timings["text"] = time.perf_counter() - clock
 
         # 2. Encode the image and DDIM-invert it with the frozen T2I model, keeping its features.
-        #    (The baselines read the image with their image encoder instead.)
+        #    (The baselines read the image with their image encoder instead; without the picture
+        #    nothing is read: the synapse sees the null image.)
         clock = time.perf_counter()
         trajectory, image_kv, image_tokens = None, None, None
-        if self.conditioning == "synapse":
+        if no_image:
+            pass
+        elif self.conditioning == "synapse":
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 trajectory = self.invert_image(pixels, inv_steps, progress)
         elif self.conditioning != "text":
@@ -298,26 +381,12 @@ class MelFusionPipeline:
                 image_kv = encoder_kv(image_tokens, self.text_encoder.max_length, len(self.music.synapse.layers))
         timings["inversion"] = time.perf_counter() - clock
 
-        # 3. Start from noise in the audio latent space.
-        clock = time.perf_counter()
-        b = len(prompts)
-        frames = self.frames_for(duration_s)
-        f = self.audio_vae.factor
-        shape = (b, self.audio_vae.latent_channels, frames // f, self.mel.n_mels // f)
-        if isinstance(generator, (list, tuple)):
-            # One generator per clip: a clip's noise is the same whatever batch it is made in.
-            if len(generator) != b:
-                raise MelFusionError(f"{len(generator)} generators for {b} captions")
-            latents = torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
-        else:
-            latents = torch.randn(shape, generator=generator)
-        scheduler = make_scheduler(solver, self.music.scheduler_config)
-        scheduler.set_timesteps(steps)
-        latents = latents * scheduler.init_noise_sigma
-        # Classifier-free guidance. Unconditional: empty caption and the null image. With a
+        # 3. The guidance passes. Unconditional: empty caption and the null image. With a
         # separate image scale a third pass, caption with the null image, splits the two terms:
         # e = e(-,-) + g (e(T,-) - e(-,-)) + g_img (e(T,I) - e(T,-)); the caption has the same
         # weight in e(T,-) as in e(T,I), so the image term adds the picture and nothing else.
+        clock = time.perf_counter()
+        b = len(prompts)
         guided = guidance != 1.0 or image_guidance is not None
         if image_guidance is not None:
             passes = [(null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0), (text, mask, 0.0), (text, mask, 1.0)]
@@ -334,32 +403,120 @@ class MelFusionPipeline:
 
             context, context_mask = append_image_tokens(context, context_mask, image_tokens.repeat(n_pass, 1, 1),
                                                         present)
+        cond = _Guidance(context, context_mask, present, n_pass, trajectory, image_kv, guidance, image_guidance, bf16)
 
-        # 4. Denoise; at step t the synapse reads the image at the matching inverted step.
-        for t in tqdm(scheduler.timesteps, desc="composing", disable=not progress, leave=False):
-            kv = self.image_features(trajectory, int(t)) if trajectory is not None else image_kv
+        # 4. Denoise from noise in the audio latent space (5. decode and vocode).
+        if not long_piece:
+            frames = self.frames_for(duration_s)
+            latents = self._noise(b, frames // self.audio_vae.factor, generator)
+            bar = tqdm(total=steps, desc="composing", disable=not progress, leave=False)
+            latents = self._denoise(latents, self._scheduler(solver, steps), cond, bar)
+            bar.close()
+            timings["denoising"] = time.perf_counter() - clock
+            clock, decoding = time.perf_counter(), 0.0
+            log_mel = self.audio_vae.decode(latents)
+            windows, window_latents, joins = [], [], []
+        else:
+            log_mel, windows, window_latents, joins, decoding = self._compose_windows(
+                b, duration_s, window_s, overlap, generator, solver, steps, cond, progress)
+            timings["denoising"] = time.perf_counter() - clock - decoding
+            clock = time.perf_counter()
+        wave = self.vocoder(log_mel)[:, : int(round(duration_s * self.sample_rate))]
+        timings["vocoding"] = time.perf_counter() - clock + decoding
+        audio = wave.cpu().numpy().astype(np.float32)
+        if loudness_lufs is not None:
+            from melfusion.audio.loudness import master
+
+            clock = time.perf_counter()
+            audio = master(audio, self.sample_rate, loudness_lufs)
+            timings["mastering"] = time.perf_counter() - clock
+        return MelFusionOutput(audio[0] if single else audio, self.sample_rate, log_mel, timings, windows,
+                               window_latents, joins)
+
+    def no_null_image_reason(self) -> str:
+        if self.conditioning not in ("synapse", "text"):
+            return (f"this model ({self.conditioning} conditioning) reads the picture with its own image encoder "
+                    "and has no null image: it cannot compose without the picture")
+        return ("this model has no null image (its synapse was saved before it and reads an absent picture as "
+                "alpha = 0, 'alpha-zero'): it cannot compose without the picture")
+
+    def _noise(self, batch: int, latent_frames: int, generator) -> torch.Tensor:
+        """Starting noise `(batch, c, latent_frames, mels / f)`; with one generator per clip a
+        clip's noise is the same whatever batch it is made in."""
+        f = self.audio_vae.factor
+        shape = (batch, self.audio_vae.latent_channels, latent_frames, self.mel.n_mels // f)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch:
+                raise MelFusionError(f"{len(generator)} generators for {batch} captions")
+            return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
+        return torch.randn(shape, generator=generator)
+
+    def _scheduler(self, solver: str, steps: int):
+        scheduler = make_scheduler(solver, self.music.scheduler_config)
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    def _denoise(self, noise: torch.Tensor, scheduler, cond: _Guidance, bar, held: Held | None = None):
+        """The denoising loop over one window; at step t the synapse reads the image at the
+        matching inverted step. `held`: frames known in advance (the overlap with the window
+        before), replaced after every step by the known latent at the level just reached."""
+        latents = noise * scheduler.init_noise_sigma
+        if held is not None:
+            latents = held.apply(latents, level_at_start(scheduler))
+        n_pass = cond.n_pass
+        for i, t in enumerate(scheduler.timesteps):
+            kv = self.image_features(cond.trajectory, int(t)) if cond.trajectory is not None else cond.image_kv
             if n_pass > 1 and kv is not None:
                 kv = [(k.repeat(n_pass, *[1] * (k.dim() - 1)), v.repeat(n_pass, *[1] * (v.dim() - 1))) for k, v in kv]
             model_in = latents.repeat(n_pass, *[1] * (latents.dim() - 1))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = self.music.predict(scheduler.scale_model_input(model_in, t), t, context, context_mask, kv,
-                                         present).float()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cond.bf16):
+                out = self.music.predict(scheduler.scale_model_input(model_in, t), t, cond.context, cond.context_mask,
+                                         kv, cond.present).float()
             if n_pass == 3:
                 uncond, text_only, full = out.chunk(3)
-                out = uncond + guidance * (text_only - uncond) + image_guidance * (full - text_only)
+                out = uncond + cond.guidance * (text_only - uncond) + cond.image_guidance * (full - text_only)
             elif n_pass == 2:
-                uncond, cond = out.chunk(2)
-                out = uncond + guidance * (cond - uncond)
+                uncond, c = out.chunk(2)
+                out = uncond + cond.guidance * (c - uncond)
             latents = scheduler.step(out, t, latents).prev_sample
-        timings["denoising"] = time.perf_counter() - clock
+            if held is not None:
+                latents = held.apply(latents, level_after(scheduler, i))
+            bar.update()
+        return latents
 
-        # 5. Decode the latent to a log-mel and vocode it.
-        clock = time.perf_counter()
-        log_mel = self.audio_vae.decode(latents)
-        wave = self.vocoder(log_mel)[:, : int(round(duration_s * self.sample_rate))]
-        timings["vocoding"] = time.perf_counter() - clock
-        audio = wave.cpu().numpy().astype(np.float32)
-        return MelFusionOutput(audio[0] if single else audio, self.sample_rate, log_mel, timings)
+    def _compose_windows(self, batch, duration_s, window_s, overlap, generator, solver, steps, cond, progress):
+        """A piece longer than the window (melfusion.long): windows of the model's length, each
+        denoised with its overlap with the one before held fixed (up to where that one's ending
+        begins: the ending is composed anew, as continuation), decoded one by one and
+        cross-faded as log-mels. Returns the log-mel, the windows' mel spans, their final
+        latents, the join frames and the seconds spent decoding."""
+        f = self.audio_vae.factor
+        total = self.frames_for(duration_s) // f
+        window = self.frames_for(window_s) // f
+        tail_s = float(self.defaults.get("window_tail_s", WINDOW_TAIL_S))
+        tail = tail_frames(window * f, window_s, self.mel.frames_per_second, f, tail_s)
+        if tail_s < 0 or tail >= window // 2:
+            raise MelFusionError(f"window_tail_s leaves too little of a {window_s:g} s window")
+        spans = plan_windows(total, window, min(overlap_frames(window, overlap), window - tail - 1), tail)
+        bar = tqdm(total=len(spans) * steps, desc=f"composing window 1/{len(spans)}", disable=not progress,
+                   leave=False)
+        joined, latents_out, decoding = None, [], 0.0
+        for k, (start, end) in enumerate(spans):
+            bar.set_description(f"composing window {k + 1}/{len(spans)}")
+            noise = self._noise(batch, window, generator)
+            held = None
+            if k:
+                prev_start, prev_end = spans[k - 1]
+                used = prev_end - tail  # the window before, without its ending
+                held = Held(latents_out[-1][:, :, start - prev_start: used - prev_start], noise[:, :, : used - start])
+                joined = joined[:, : used * f]
+            latents_out.append(self._denoise(noise, self._scheduler(solver, steps), cond, bar, held))
+            clock = time.perf_counter()
+            joined = crossfade_mels(joined, self.audio_vae.decode(latents_out[-1]), start * f)
+            decoding += time.perf_counter() - clock
+        bar.close()
+        joins = [(spans[k - 1][1] - tail) * f for k in range(1, len(spans))]
+        return joined, [(s * f, e * f) for s, e in spans], latents_out, joins, decoding
 
     # -- reporting -------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -78,3 +78,13 @@ def test_bf16_runs_where_asked_and_stays_close_to_fp32():
     # The same music: the spectra agree closely though samples differ at the rounding level.
     corr = np.corrcoef(np.log1p(spec[0]), np.log1p(spec[1]))[0, 1]
     assert corr > 0.9
+
+
+def test_auto_precision_is_fp32_on_a_cpu_without_bf16(monkeypatch):
+    import melfusion.pipeline as pl
+
+    pipe = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, lean=True)
+    monkeypatch.setattr(pl, "cpu_has_bf16", lambda: False)
+    assert np.array_equal(_music(pipe, precision="auto"), _music(pipe, precision="fp32"))
+    monkeypatch.setattr(pl, "cpu_has_bf16", lambda: True)
+    assert np.array_equal(_music(pipe, precision="auto"), _music(pipe, precision="bf16"))

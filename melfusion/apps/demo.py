@@ -1,5 +1,10 @@
 """`melfusion serve`: the web demo. Upload an image (or pick the bundled example), write a caption,
-choose duration, seed, steps and guidance; get a player, the spectrogram, and WAV and MP4 files.
+choose duration (up to 120 s: past the model's window the piece is composed window by window),
+seed, steps and guidance; get a player, the spectrogram, and WAV and MP4 files, every piece
+mastered to -14 LUFS (melfusion.audio.loudness). Where the model has the null image a second
+player beside the result plays the same seed's music without the picture: composed right after
+the result (a second queued event, so the result is heard without waiting for it), it lets the
+listener hear what the picture contributes; the player is hidden for models without it.
 
 Generation requests queue, `concurrency` at a time, at most `max_queue` waiting: one more is
 refused at once with Gradio's "busy, please try again" (HTTP 503), so every wait is bounded. A
@@ -54,8 +59,12 @@ def _gradio():
 class Composer:
     """One loaded pipeline and the folder its results go to; `__call__` does one request."""
 
-    def __init__(self, pipe, max_upload_mb: float = 10.0, out_root: str | os.PathLike | None = None):
+    def __init__(self, pipe, max_upload_mb: float = 10.0, out_root: str | os.PathLike | None = None,
+                 loudness_lufs: float | None = None):
+        from melfusion.audio.loudness import DEFAULT_LOUDNESS_LUFS
+
         self.pipe = pipe
+        self.loudness_lufs = DEFAULT_LOUDNESS_LUFS if loudness_lufs is None else loudness_lufs
         self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.out_root = Path(out_root or Path(tempfile.gettempdir()) / "melfusion-demo")
         self.out_root.mkdir(parents=True, exist_ok=True)
@@ -142,26 +151,61 @@ class Composer:
         clock = time.perf_counter()
         result = self.pipe(image=image, prompt=prompt, duration_s=duration, num_inference_steps=steps,
                            guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), progress=True)
+        audio = self.master(result.audio, result.sample_rate)
         compose_s = time.perf_counter() - clock
         folder = Path(tempfile.mkdtemp(prefix="result-", dir=self.out_root))
         try:
-            wav = write_wav(folder / "melfusion.wav", result.audio, result.sample_rate)
+            wav = write_wav(folder / "melfusion.wav", audio, result.sample_rate)
             png = save_spectrogram(folder / "spectrogram.png", result.log_mel)
-            mp4 = make_video(folder / "melfusion.mp4", image, result.audio, result.sample_rate)
+            mp4 = make_video(folder / "melfusion.mp4", image, audio, result.sample_rate)
         except BaseException:  # no half-written result folder is left behind
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        seconds = len(result.audio) / result.sample_rate
+        seconds = len(audio) / result.sample_rate
         status = (f"Composed {seconds:.1f} s of music in {compose_s:.1f} s "
                   f"(seed {seed}, {int(steps)} steps, guidance {float(guidance):g}).")
         return str(wav), str(png), str(wav), str(mp4), status
+
+    def master(self, audio, sample_rate):
+        from melfusion.audio.loudness import master
+
+        return master(audio, sample_rate, self.loudness_lufs)
+
+    @property
+    def has_null_image(self) -> bool:
+        return bool(getattr(self.pipe, "has_null_image", False))
+
+    def without_picture(self, caption, duration, seed, steps, guidance) -> str:
+        """The same request's music with the picture absent (the null image): same seed, same
+        settings, so the difference from the result is what the picture contributes."""
+        import torch
+
+        from melfusion.audio.io import write_wav
+        from melfusion.pipeline import check_prompt
+
+        if not self.has_null_image:
+            raise MelFusionError("this model cannot compose without the picture (it has no null image)")
+        prompt = check_prompt("" if caption is None else caption)
+        duration, seed, steps, guidance = self.settings(duration, seed, steps, guidance)
+        result = self.pipe(image=None, prompt=prompt, duration_s=duration, num_inference_steps=steps,
+                           guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), progress=True)
+        audio = self.master(result.audio, result.sample_rate)
+        folder = Path(tempfile.mkdtemp(prefix="result-", dir=self.out_root))
+        try:
+            return str(write_wav(folder / "without-the-picture.wav", audio, result.sample_rate))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
 
 def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_weights: bool = False):
     gr = _gradio()
 
+    from melfusion.pipeline import MAX_LONG_DURATION_S
+
     composer = Composer(pipe, max_upload_mb)
     d = pipe.defaults
+    pair = composer.has_null_image  # the "without the picture" player, where the model has the null image
 
     def preview(path):
         try:
@@ -183,6 +227,24 @@ def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_w
         gr.Warning(message)
         return None, None, None, None, f"**Cannot compose:** {message}"
 
+    def generate_pair(image_path, caption, duration, seed, steps, guidance, progress=gr.Progress(track_tqdm=True)):
+        """The result, and the "without the picture" player cleared until its own event fills it."""
+        result = generate(image_path, caption, duration, seed, steps, guidance, progress)
+        return (*result[:4], None, result[4])
+
+    def without_picture(result, caption, duration, seed, steps, guidance, progress=gr.Progress(track_tqdm=True)):
+        if not result:  # the request itself failed: its reason is on the page already
+            return None
+        progress(0, desc="composing without the picture")
+        try:
+            return composer.without_picture(caption, duration, seed, steps, guidance)
+        except MelFusionError as exc:
+            gr.Warning(str(exc))
+        except Exception as exc:  # a bug: a short message in the page, the details in the server's log
+            print(f"melfusion serve: without the picture: {type(exc).__name__}: {exc}", file=sys.stderr)
+            gr.Warning("something went wrong while composing without the picture")
+        return None
+
     with gr.Blocks(title="melfusion: music for an image and a caption", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# melfusion\nMusic for an image and a line of text (MeLFusion, CVPR 2024). Upload an image "
                     "or pick the example, describe the music you want, and press **Generate**.")
@@ -198,8 +260,9 @@ def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_w
                 caption = gr.Textbox(label="Caption", lines=3, elem_id="caption",
                                      placeholder="e.g. an acoustic folk song for an evening on the beach")
                 with gr.Accordion("Settings", open=False):
-                    duration = gr.Slider(1, 30, value=float(d["duration_s"]), step=0.5, label="Duration (seconds)",
-                                         elem_id="duration")
+                    duration = gr.Slider(1, MAX_LONG_DURATION_S, value=float(d["duration_s"]), step=0.5,
+                                         label="Duration (seconds; past the model's window composed window by "
+                                               "window)", elem_id="duration")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                     steps = gr.Slider(1, 200, value=int(d["num_inference_steps"]), step=1, label="Denoising steps",
                                       elem_id="steps")
@@ -211,13 +274,27 @@ def build_demo(pipe, max_upload_mb: float = 10.0, concurrency: int = 1, random_w
                     gr.Examples(examples=examples, inputs=[image, caption], label="Example")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
-                audio = gr.Audio(label="Music", type="filepath", interactive=False, elem_id="music")
+                with gr.Row():
+                    audio = gr.Audio(label="Music", type="filepath", interactive=False, elem_id="music")
+                    plain = gr.Audio(label="The same music without the picture", type="filepath", interactive=False,
+                                     visible=pair, elem_id="music-without-picture")
                 spectrogram = gr.Image(label="Mel spectrogram", interactive=False, elem_id="spectrogram")
                 wav_file = gr.File(label="WAV", interactive=False, elem_id="wav-file")
                 mp4_file = gr.File(label="Video (MP4, H.264 + AAC)", interactive=False, elem_id="mp4-file")
         image.change(preview, inputs=image, outputs=[shown, status], queue=False)
-        button.click(generate, inputs=[image, caption, duration, seed, steps, guidance],
-                     outputs=[audio, spectrogram, wav_file, mp4_file, status], concurrency_limit=concurrency)
+        settings = [caption, duration, seed, steps, guidance]
+        if pair:
+            # The result first; then, where it was composed, the same seed without the picture. One
+            # concurrency group for both, so `concurrency` bounds the compositions running at once.
+            # API clients find both as they find the plain one: "generate", its status last.
+            button.click(generate_pair, inputs=[image, *settings],
+                         outputs=[audio, spectrogram, wav_file, mp4_file, plain, status], api_name="generate",
+                         concurrency_limit=concurrency, concurrency_id="compose").then(
+                without_picture, inputs=[audio, *settings], outputs=plain, api_name="without_picture",
+                concurrency_limit=concurrency, concurrency_id="compose")
+        else:
+            button.click(generate, inputs=[image, *settings],
+                         outputs=[audio, spectrogram, wav_file, mp4_file, status], concurrency_limit=concurrency)
     return demo
 
 
