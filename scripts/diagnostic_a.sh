@@ -23,6 +23,6 @@ done
 for n in mode plain; do
   m=data/synthmel-10000/manifest.jsonl; [ $n = mode ] && m=data/synthmel-10000-modecap/manifest.jsonl
   $mf generate-set --manifest $m --split val --limit "$N" --model "runs/small/diag-$n-caption/model" --out "$out/$n"
-  $mf evaluate --generated "$out/$n" --reference $m --split val --out "$out/$n-judges.json"
+  $mf evaluate --generated "$out/$n" --reference $m --split val --subset --out "$out/$n-judges.json"
   $py scripts/listen_set.py "$out/$n" --manifest $m --split val --out "$out/$n-listeners.json"
 done
