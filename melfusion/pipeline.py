@@ -307,7 +307,7 @@ class MelFusionPipeline:
         differ by what the picture contributes. `duration_s`: up to 120 s; past the model's
         window (`window_s`) the piece is composed window by window (melfusion.long); up to it,
         one pass, as always. `solver`: "ddim" (the paper's), "dpm++2m" or "unipc". `precision`:
-        "fp32", "bf16" (the UNets under bfloat16 autocast) or "auto" (bf16 where this CPU has
+        "fp32", "bf16" (the music UNet under bfloat16 autocast) or "auto" (bf16 where this CPU has
         bfloat16 arithmetic); both default to the model's saved choice. The image inversion
         always runs the DDIM steps the model was trained on. `loudness_lufs`: master the result
         to that integrated loudness (melfusion.audio.loudness: a 50 ms fade, peaks under -1 dBFS);
@@ -371,8 +371,9 @@ class MelFusionPipeline:
         if no_image:
             pass
         elif self.conditioning == "synapse":
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                trajectory = self.invert_image(pixels, inv_steps, progress)
+            # fp32 whatever the precision: the T2I UNet's 16 x 16 latents run slower under bf16
+            # autocast than without it (0.29 against 0.20 s for 12 steps), and the features stay exact.
+            trajectory = self.invert_image(pixels, inv_steps, progress)
         elif self.conditioning != "text":
             image_tokens = self.image_encoder(pixels)
             if self.conditioning == "image-encoder":
@@ -414,7 +415,7 @@ class MelFusionPipeline:
             bar.close()
             timings["denoising"] = time.perf_counter() - clock
             clock, decoding = time.perf_counter(), 0.0
-            log_mel = self.audio_vae.decode(latents)
+            log_mel = self._decode(latents, cond.bf16)
             windows, window_latents, joins = [], [], []
         else:
             log_mel, windows, window_latents, joins, decoding = self._compose_windows(
@@ -484,6 +485,12 @@ class MelFusionPipeline:
             bar.update()
         return latents
 
+    def _decode(self, latents: torch.Tensor, bf16: bool) -> torch.Tensor:
+        """Audio latent -> log-mel; the decoder under bf16 autocast with the music UNet (half its
+        time on this CPU; docs/speed.md has what it costs in quality)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return self.audio_vae.decode(latents).float()
+
     def _compose_windows(self, batch, duration_s, window_s, overlap, generator, solver, steps, cond, progress):
         """A piece longer than the window (melfusion.long): windows of the model's length, each
         denoised with its overlap with the one before held fixed (up to where that one's ending
@@ -512,7 +519,7 @@ class MelFusionPipeline:
                 joined = joined[:, : used * f]
             latents_out.append(self._denoise(noise, self._scheduler(solver, steps), cond, bar, held))
             clock = time.perf_counter()
-            joined = crossfade_mels(joined, self.audio_vae.decode(latents_out[-1]), start * f)
+            joined = crossfade_mels(joined, self._decode(latents_out[-1], cond.bf16), start * f)
             decoding += time.perf_counter() - clock
         bar.close()
         joins = [(spans[k - 1][1] - tail) * f for k in range(1, len(spans))]

@@ -114,8 +114,8 @@ PRESETS = {
         scheduler=MUSIC_SCHEDULER,
         synapse=dict(blocks=None, alpha="learned", alpha_init=0.5),
         vocoder=dict(kind="griffin-lim", n_iter=16),
-        defaults=dict(num_inference_steps=12, guidance_scale=3.0, duration_s=10.0, inversion_steps=12,
-                      inversion_refine=0),
+        defaults=dict(num_inference_steps=6, guidance_scale=3.0, duration_s=10.0, inversion_steps=12,
+                      inversion_refine=0, solver="dpm++2m", precision="auto"),  # docs/speed.md
     ),
     "paper": dict(
         text=dict(kind="flan-t5-large", max_length=77),
