@@ -12,8 +12,9 @@ from melfusion.pipeline import MelFusionPipeline, use_bf16
 
 
 def _music(pipe, **kw):
+    kw.setdefault("num_inference_steps", 4)
     out = pipe(image="examples/beach-post.png", prompt="a calm piano piece at dusk", duration_s=2.0,
-               num_inference_steps=4, generator=torch.Generator().manual_seed(3), progress=False, **kw)
+               generator=torch.Generator().manual_seed(3), progress=False, **kw)
     return out.audio
 
 
@@ -72,7 +73,7 @@ def test_bf16_runs_where_asked_and_stays_close_to_fp32():
     pipe = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, lean=True)
     with pytest.raises(Exception, match="precision must be one of"):
         use_bf16("fp16")
-    a, b = _music(pipe), _music(pipe, precision="bf16")
+    a, b = _music(pipe, precision="fp32"), _music(pipe, precision="bf16")
     assert np.abs(a - b).max() > 0  # bf16 arithmetic was used
     spec = [np.abs(np.fft.rfft(x[: 16000 * 2])) for x in (a, b)]
     # The same music: the spectra agree closely though samples differ at the rounding level.
@@ -88,3 +89,18 @@ def test_auto_precision_is_fp32_on_a_cpu_without_bf16(monkeypatch):
     assert np.array_equal(_music(pipe, precision="auto"), _music(pipe, precision="fp32"))
     monkeypatch.setattr(pl, "cpu_has_bf16", lambda: True)
     assert np.array_equal(_music(pipe, precision="auto"), _music(pipe, precision="bf16"))
+
+
+def test_the_default_samples_fast_but_inverts_as_it_was_trained():
+    """docs/speed.md: DPM-Solver++ in 6 steps, bf16 where the CPU has it, yet the picture is still
+    inverted in the 12 DDIM steps the model was trained on (the synapse reads those features)."""
+    pipe = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, lean=True)
+    d = pipe.defaults
+    assert (d["solver"], d["num_inference_steps"], d["precision"], d["inversion_steps"]) == ("dpm++2m", 6, "auto", 12)
+    assert pipe.inversion_steps_for(None, 6) == 12
+    seen = []
+    real = pipe.invert_image
+    pipe.invert_image = lambda pixels, steps, progress=False: seen.append(steps) or real(pixels, steps, progress)
+    fast = _music(pipe, num_inference_steps=None)
+    assert seen == [12]
+    assert np.abs(fast - _music(pipe, solver="ddim", num_inference_steps=12, precision="fp32")).max() > 1e-3
