@@ -30,7 +30,7 @@ ROWS = {  # name: (solver, steps, precision, vocoder iterations)
     "dpm++2m-6 bf16+vae gl16": ("dpm++2m", 6, "bf16", 16),
     "unipc-6 bf16 gl16": ("unipc", 6, "bf16", 16),
     "dpm++2m-8 bf16 gl16": ("dpm++2m", 8, "bf16", 16),
-    "dpm++2m-5 bf16 gl16": ("dpm++2m", 5, "bf16", 16),
+    "dpm++2m-5 bf16+vae gl16": ("dpm++2m", 5, "bf16", 16),
 }
 
 
