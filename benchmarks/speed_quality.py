@@ -28,7 +28,7 @@ ROWS = {  # name: (solver, steps, precision, vocoder iterations)
     "unipc-6 fp32 gl32": ("unipc", 6, "fp32", 32),
     "dpm++2m-6 bf16 gl16": ("dpm++2m", 6, "bf16", 16),  # the music UNet and, since, the audio VAE decoder
     "dpm++2m-6 bf16+vae gl16": ("dpm++2m", 6, "bf16", 16),
-    "unipc-6 bf16 gl16": ("unipc", 6, "bf16", 16),
+    "unipc-6 bf16+vae gl16": ("unipc", 6, "bf16", 16),
     "dpm++2m-8 bf16 gl16": ("dpm++2m", 8, "bf16", 16),
     "dpm++2m-5 bf16+vae gl16": ("dpm++2m", 5, "bf16", 16),
 }
