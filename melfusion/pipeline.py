@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -87,6 +88,7 @@ def check_prompt(prompt: str) -> str:
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Whether this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX); without it bf16
     autocast is emulated and slower than fp32."""
@@ -595,7 +597,8 @@ class MelFusionPipeline:
             if not path.exists():
                 raise MelFusionError(f"model component {name} not found: {path}")
         with _quiet_diffusers(enabled=not lean):  # diffusers warns about our custom processors otherwise
-            from melfusion.t2i.model import load_text_encoder, load_unet, text_encoder_key
+            from melfusion.lean import load_unet
+            from melfusion.text.encoders import load_text_encoder, text_encoder_key
 
             text_encoder = load_text_encoder(paths["text_encoder"], lean)
             key = text_encoder_key(paths["text_encoder"])

@@ -24,7 +24,6 @@ from a loudness of minus infinity.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 

@@ -49,17 +49,9 @@ class AudioVAE(torch.nn.Module):
         directory = Path(directory)
         if not (directory / "config.json").is_file():
             raise MelFusionError(f"no audio VAE in {directory} (config.json missing)")
-        if lean:
-            from melfusion.lean import Unsupported
-            from melfusion.lean.vae import LeanAutoencoderKL
-
-            try:
-                return cls(LeanAutoencoderKL.from_pretrained(directory))
-            except Unsupported:
-                pass
-        from diffusers import AutoencoderKL
+        from melfusion.lean import load_vae
 
         try:
-            return cls(AutoencoderKL.from_pretrained(str(directory)))
+            return cls(load_vae(directory, lean))
         except (OSError, ValueError) as exc:
             raise MelFusionError(f"cannot load the audio VAE in {directory}: {str(exc).splitlines()[0]}") from None

@@ -83,3 +83,43 @@ def read_safetensors(path: str | Path) -> dict:
         return load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - any failure to read hands the file to the library
         raise Unsupported(f"cannot read {path}: {type(exc).__name__}") from None
+
+
+def lean_or_library(lean: bool, lean_load, library_load):
+    """`lean_load()` where `lean` and it covers the saved config, `library_load()` otherwise."""
+    if lean:
+        try:
+            return lean_load()
+        except Unsupported:
+            pass
+    return library_load()
+
+
+def load_unet(directory: str | Path, lean: bool = False):
+    """A saved `UNet2DConditionModel`: the lean runtime's where it covers the config, else diffusers'."""
+    def library():
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_pretrained(str(directory))
+
+    def own():
+        from melfusion.lean.unet import LeanUNet
+
+        return LeanUNet.from_pretrained(directory)
+
+    return lean_or_library(lean, own, library)
+
+
+def load_vae(directory: str | Path, lean: bool = False):
+    """A saved `AutoencoderKL`: the lean runtime's where it covers the config, else diffusers'."""
+    def library():
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(str(directory))
+
+    def own():
+        from melfusion.lean.vae import LeanAutoencoderKL
+
+        return LeanAutoencoderKL.from_pretrained(directory)
+
+    return lean_or_library(lean, own, library)

@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from melfusion.errors import MelFusionError
 from melfusion.lean import Config, Unsupported, assign_weights, build_on_meta, read_safetensors, require
+from melfusion.text.encoders import CONFIG_NAME, locate, text_length  # these import no transformers
 
-CONFIG_NAME = "melfusion_text.json"  # as melfusion.text.encoders.CONFIG_NAME
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when a tokenizer names none
 
 
@@ -407,30 +406,11 @@ class LeanTextEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, max_length: int | None = None) -> "LeanTextEncoder":
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise MelFusionError(f"text encoder directory not found: {directory}")
-        settings = {}
-        if (directory / CONFIG_NAME).is_file():
-            settings = json.loads((directory / CONFIG_NAME).read_text())
-        source = settings.get("source")
-        if source:
-            from melfusion.text.encoders import resolve_source  # imports no transformers
-
-            weights = resolve_source(source)
-        else:
-            weights = directory
-        config_file = weights / "config.json"
-        if not config_file.is_file():
-            raise MelFusionError(f"no text encoder config.json in {weights}")
-        check_bert_config(Config.read(config_file))  # Unsupported before any file is read
-        tok_dir = weights
-        if not (weights / "tokenizer_config.json").is_file() and (weights.parent / "tokenizer").is_dir():
-            tok_dir = weights.parent / "tokenizer"
+        settings, weights, tok_dir = locate(directory)
+        check_bert_config(Config.read(weights / "config.json"))  # Unsupported before any file is read
         tokenizer = LeanTokenizer.from_pretrained(tok_dir)
         model = LeanBert.from_pretrained(weights)
-        length = max_length or settings.get("max_length") or min(int(tokenizer.model_max_length), 77)
-        return cls(model, tokenizer, int(length), source)
+        return cls(model, tokenizer, text_length(max_length, settings, tokenizer), settings.get("source"))
 
     def save_pretrained(self, directory: str | Path) -> None:
         """An encoder that reads its weights from a source (a package, a user's folder) saves as the

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from melfusion.errors import MelFusionError
+from melfusion.lean import load_unet, load_vae
 from melfusion.schedulers import make_scheduler
 from melfusion.t2i.capture import KVCaptureProcessor, KVStore, decoder_self_attention_names
-from melfusion.text.encoders import TextEncoder
+from melfusion.text.encoders import TextEncoder, load_text_encoder, text_encoder_key
 
 
 @dataclass
@@ -185,57 +186,3 @@ class TextToImageModel(torch.nn.Module):
         if text_encoder is None:
             text_encoder = load_text_encoder(directory / "text_encoder", lean)
         return cls(unet, vae, scheduler_config, text_encoder)
-
-
-def load_unet(directory: Path, lean: bool = False):
-    """A saved `UNet2DConditionModel`: the lean runtime's where it covers the config, else diffusers'."""
-    if lean:
-        from melfusion.lean import Unsupported
-        from melfusion.lean.unet import LeanUNet
-
-        try:
-            return LeanUNet.from_pretrained(directory)
-        except Unsupported:
-            pass
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel.from_pretrained(str(directory))
-
-
-def load_vae(directory: Path, lean: bool = False):
-    if lean:
-        from melfusion.lean import Unsupported
-        from melfusion.lean.vae import LeanAutoencoderKL
-
-        try:
-            return LeanAutoencoderKL.from_pretrained(directory)
-        except Unsupported:
-            pass
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(str(directory))
-
-
-def text_encoder_key(directory: Path):
-    """What makes two saved text encoders the same: a shared source and length (None: weights of its own)."""
-    from melfusion.text.encoders import CONFIG_NAME
-
-    try:
-        settings = json.loads((Path(directory) / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(settings, dict) or not settings.get("source"):
-        return None
-    return settings["source"], settings.get("max_length")
-
-
-def load_text_encoder(directory: Path, lean: bool = False):
-    if lean:
-        from melfusion.lean import Unsupported
-        from melfusion.lean.text import LeanTextEncoder
-
-        try:
-            return LeanTextEncoder.from_pretrained(directory)
-        except Unsupported:
-            pass
-    return TextEncoder.from_pretrained(directory)

@@ -42,6 +42,66 @@ def _model_class(model_type: str):
     return AutoModel
 
 
+def read_settings(directory: str | Path) -> dict:
+    """A saved encoder folder's `melfusion_text.json` (max_length, source), {} where there is none."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MelFusionError(f"cannot read {path}: {exc}") from None
+    if not isinstance(settings, dict):
+        raise MelFusionError(f"{path} is not a settings object")
+    return settings
+
+
+def locate(directory: str | Path) -> tuple[dict, Path, Path]:
+    """A saved text encoder folder's settings, the folder its weights are in (its own, or the
+    source it names) and its tokenizer's folder (Stable Diffusion keeps it in a sibling
+    `tokenizer/`). Imports nothing heavy: the lean encoder reads folders with it too."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MelFusionError(f"text encoder directory not found: {directory}")
+    settings = read_settings(directory)
+    source = settings.get("source")
+    weights = resolve_source(source) if source else directory
+    if not (weights / "config.json").is_file():
+        raise MelFusionError(f"no text encoder config.json in {weights}")
+    tok_dir = weights
+    if not (weights / "tokenizer_config.json").is_file() and (weights.parent / "tokenizer").is_dir():
+        tok_dir = weights.parent / "tokenizer"
+    return settings, weights, tok_dir
+
+
+def text_length(requested: int | None, settings: dict, tokenizer) -> int:
+    """The caption length: as asked, else as saved, else the tokenizer's limit up to 77."""
+    return int(requested or settings.get("max_length") or min(int(tokenizer.model_max_length), 77))
+
+
+def text_encoder_key(directory: str | Path):
+    """What makes two saved text encoders the same: a shared source and length (None: weights of their own)."""
+    try:
+        settings = read_settings(directory)
+    except MelFusionError:
+        return None  # the loader that reads it says what is wrong
+    if not settings.get("source"):
+        return None
+    return settings["source"], settings.get("max_length")
+
+
+def load_text_encoder(directory: str | Path, lean: bool = False):
+    """A saved text encoder: the lean runtime's where it covers it (no transformers import), else the library's."""
+    from melfusion.lean import lean_or_library
+
+    def own():
+        from melfusion.lean.text import LeanTextEncoder
+
+        return LeanTextEncoder.from_pretrained(directory)
+
+    return lean_or_library(lean, own, lambda: TextEncoder.from_pretrained(directory))
+
+
 def byte_tokenizer(max_length: int = 77):
     """A tokenizer that needs no files: one token per UTF-8 byte (for random toy models)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -87,28 +147,13 @@ class TextEncoder(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, max_length: int | None = None) -> "TextEncoder":
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise MelFusionError(f"text encoder directory not found: {directory}")
-        settings = {}
-        if (directory / CONFIG_NAME).is_file():
-            settings = json.loads((directory / CONFIG_NAME).read_text())
-        source = settings.get("source")
-        weights = resolve_source(source) if source else directory
-        config_file = weights / "config.json"
-        if not config_file.is_file():
-            raise MelFusionError(f"no text encoder config.json in {weights}")
+        settings, weights, tok_dir = locate(directory)
         from transformers import AutoTokenizer
 
-        model_type = json.loads(config_file.read_text()).get("model_type", "")
+        model_type = json.loads((weights / "config.json").read_text()).get("model_type", "")
         model = _model_class(model_type).from_pretrained(str(weights))
-        # Stable Diffusion keeps its tokenizer in a sibling folder.
-        tok_dir = weights
-        if not (weights / "tokenizer_config.json").is_file() and (weights.parent / "tokenizer").is_dir():
-            tok_dir = weights.parent / "tokenizer"
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-        length = max_length or settings.get("max_length") or min(int(tokenizer.model_max_length), 77)
-        return cls(model, tokenizer, int(length), source)
+        return cls(model, tokenizer, text_length(max_length, settings, tokenizer), settings.get("source"))
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
