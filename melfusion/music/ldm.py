@@ -105,7 +105,7 @@ class MusicLDM(torch.nn.Module):
                       dropout: ConditionDropout = ConditionDropout(),
                       generator: torch.Generator | None = None,
                       timesteps: torch.Tensor | None = None,
-                      image_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                      image_tokens: torch.Tensor | None = None, return_clean: bool = False):
         """The diffusion loss for one batch.
 
         latents: clean audio latents `(batch, c, f, m)`; text, text_mask: caption tokens
@@ -113,7 +113,8 @@ class MusicLDM(torch.nn.Module):
         `(1, tokens, dim)`, `(1, tokens)`; image_features(timesteps) returns the image keys and
         values the synapse reads at those music timesteps (None: train text-only).
         image_tokens `(batch, n, dim)`, for the concatenation baselines, join the caption's
-        tokens (masked out where the image is dropped).
+        tokens (masked out where the image is dropped). With `return_clean`, returns
+        `(loss, predicted clean latent)` (for an auxiliary loss on what the model predicts).
         """
         b = latents.shape[0]
         if timesteps is None:
@@ -135,4 +136,14 @@ class MusicLDM(torch.nn.Module):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             raise MelFusionError(f"unsupported prediction type {self.prediction_type!r}")
-        return F.mse_loss(output.float(), target.float())
+        loss = F.mse_loss(output.float(), target.float())
+        if not return_clean:
+            return loss
+        return loss, self.predicted_clean(noisy, output.float(), timesteps)
+
+    def predicted_clean(self, noisy: torch.Tensor, output: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The clean latent the model's output implies at `timesteps` (v: sqrt(a) x - sqrt(1-a) v)."""
+        a = self.noise_scheduler.alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, 1, 1, 1)
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * noisy - (1 - a).sqrt() * output
+        return (noisy - (1 - a).sqrt() * output) / a.sqrt()

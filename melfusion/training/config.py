@@ -72,6 +72,10 @@ class TrainConfig:
     synapse_blocks: list[int] | None = None
     inversion_steps: int | None = None    # None: the model's default denoising steps
     itc_weight: float = 0.1               # TANGO++'s image-text contrastive loss weight
+    # issue 12 D, beyond the paper: weight of the pitch-class loss on the predicted clean latent
+    # (melfusion.music.harmony), computed on the first `harmony_batch` samples of each batch
+    harmony_weight: float = 0.0
+    harmony_batch: int = 8
     source: str = field(default="", repr=False)  # the file it was read from
 
     @property
@@ -93,7 +97,7 @@ class TrainConfig:
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         # Keys added after checkpoints existed: unset, they leave the digest as it was.
         for later, unset in (("alpha_lr", None), ("synapse_lr", None), ("init_parts", None),
-                             ("high_noise_weight", 0.0)):
+                             ("high_noise_weight", 0.0), ("harmony_weight", 0.0), ("harmony_batch", 8)):
             if data.get(later) == unset:
                 data.pop(later, None)
         if portable and self.source:
@@ -184,6 +188,12 @@ def validate(cfg: TrainConfig) -> None:
             raise MelFusionError(f"{where}: {key} must be at least 1")
     if not 0 <= cfg.high_noise_weight <= 100:
         raise MelFusionError(f"{where}: high_noise_weight must be between 0 and 100")
+    if not 0 <= cfg.harmony_weight <= 1000:
+        raise MelFusionError(f"{where}: harmony_weight must be between 0 and 1000")
+    if cfg.harmony_weight and cfg.stage != "music":
+        raise MelFusionError(f"{where}: harmony_weight is for the music stage")
+    if int(cfg.harmony_batch) < 1:
+        raise MelFusionError(f"{where}: harmony_batch must be at least 1")
     if cfg.synapse_lr is not None and not cfg.synapse_lr > 0:
         raise MelFusionError(f"{where}: synapse_lr must be > 0")
     if cfg.lr <= 0 or not 0 <= cfg.ema_decay < 1:

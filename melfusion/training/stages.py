@@ -147,6 +147,12 @@ class MusicStage(Stage):
         self.data = data
         self.dropout = ConditionDropout(cfg.drop_text, cfg.drop_image, cfg.drop_both)
         self.latent_crop = (cfg.crop_frames // pipe.audio_vae.factor) if cfg.crop_frames else None
+        self.harmony = None
+        self._harmony_value = None
+        if cfg.harmony_weight:
+            from melfusion.music.harmony import HarmonyLoss
+
+            self.harmony = HarmonyLoss(pipe.audio_vae, pipe.mel)
         if cfg.conditioning == "synapse" and not synapse.config.standardize:
             self._measure_image_statistics()
 
@@ -187,10 +193,14 @@ class MusicStage(Stage):
     def _loss(self, split, idx, generator, timesteps=None, dropout=None):
         text, mask = self.data[split + "_text"][idx], self.data[split + "_mask"][idx]
         latents = self.data[split + "_latents"][idx]
+        harmony = self.harmony is not None and split == "train"
+        profiles = self.data[split + "_pitch"][idx[:self.cfg.harmony_batch]] if harmony else None
         if split == "train" and self.latent_crop is not None:
             frames = latents.shape[2]
             starts = torch.randint(0, frames - self.latent_crop + 1, (len(idx),), generator=generator)
             latents = torch.stack([z[:, s:s + self.latent_crop] for z, s in zip(latents, starts.tolist())])
+            if harmony:
+                profiles = torch.stack([p[s:s + self.latent_crop] for p, s in zip(profiles, starts.tolist())])
         if timesteps is None and self.cfg.high_noise_weight:
             timesteps = sample_timesteps(len(idx), self.music.num_train_timesteps, self.cfg.high_noise_weight,
                                          generator)
@@ -198,7 +208,12 @@ class MusicStage(Stage):
         loss = self.music.training_loss(
             latents, text, mask, self.data["null_text"], self.data["null_mask"],
             self._features(split, idx, tokens), dropout or self.dropout, generator, timesteps,
-            image_tokens=tokens if self.cfg.conditioning in TOKENS_IN_CAPTION else None)
+            image_tokens=tokens if self.cfg.conditioning in TOKENS_IN_CAPTION else None, return_clean=harmony)
+        if harmony:
+            loss, clean = loss
+            h = self.harmony(clean[:len(profiles)], profiles.sum(dim=1))
+            self._harmony_value = float(h.detach())
+            loss = loss + self.cfg.harmony_weight * h
         if self.cfg.conditioning == "tangopp":
             loss = loss + self.cfg.itc_weight * self.image_encoder.itc_loss(tokens, text, mask)
         return loss
@@ -214,9 +229,10 @@ class MusicStage(Stage):
         return float(sum(losses) / len(losses))
 
     def log_values(self):
-        if self.cfg.conditioning not in READS_SYNAPSE:
-            return {}
-        return {f"alpha_{i}": a for i, a in enumerate(self.music.synapse.alphas())}
+        values = {} if self._harmony_value is None else {"harmony": self._harmony_value}
+        if self.cfg.conditioning in READS_SYNAPSE:
+            values.update({f"alpha_{i}": a for i, a in enumerate(self.music.synapse.alphas())})
+        return values
 
     def export(self, pipe):
         self.music.unet.eval().requires_grad_(False)
@@ -283,6 +299,10 @@ def stage_data(cfg: TrainConfig, pipe, train, val, cache_dir, progress=True) -> 
                 lambda: {"z": caches.build_audio_latents(m, pipe.audio_vae, progress=progress)})["z"]
             t = text(split, [e.record["caption"] for e in rows[split]], enc)
             out[split + "_text"], out[split + "_mask"] = t["emb"], t["mask"]
+            if cfg.harmony_weight and split == "train":
+                from melfusion.music.harmony import latent_frame_profiles, pitch_class_map
+
+                out["train_pitch"] = latent_frame_profiles(m, pitch_class_map(mel_cfg), pipe.audio_vae.factor)
             if cfg.conditioning in NEEDS_IMAGE_ENCODER:
                 out[split + "_images"] = images(split)
             if cfg.conditioning == "synapse":
