@@ -13,7 +13,12 @@
    A control shows the measure can see a seam: piece i cut at its first join and butted
    against piece i+1 from the same frame on (unrelated music, no hold and no cross-fade:
    what composing the windows independently and concatenating them would give).
-2. Cost. One piece at each of `--durations`, each in a fresh process: wall time of the call
+2. Consistency. Do the tempo and the mode stay what they were? The SynthMeL judges (mode,
+   energy) and the independent listeners (essentia's scale, librosa's onset rate) read the
+   first and the last `--segment` seconds of each piece; the control reads the two halves of
+   one 10 s clip made from the same caption, picture and seed (one window, no joins). Both
+   compare segments of the same length, so the agreement rates are comparable.
+3. Cost. One piece at each of `--durations`, each in a fresh process: wall time of the call
    and the peak resident memory while composing (sampled every 5 ms), above what the process
    held before the call.
 
@@ -94,7 +99,7 @@ def _splice(first, second):
     return torch.cat([first.log_mel[:, :join], second.log_mel[:, join:]], dim=1), join
 
 
-def measure_joins(pipe, entries, duration, steps, solver=None, log=print) -> dict:
+def measure_joins(pipe, entries, duration, steps, solver=None, log=print) -> tuple[dict, list]:
     from melfusion.long import join_report
 
     pieces, outs = [], []
@@ -115,7 +120,7 @@ def measure_joins(pipe, entries, duration, steps, solver=None, log=print) -> dic
     for i in range(len(outs) - 1 if len(outs) > 1 else 0):
         mel, join = _splice(outs[i], outs[i + 1])
         controls.append(join_report(mel, [join]).summary())
-    return {"pieces": pieces, "controls": controls, "summary": summarise(pieces, controls)}
+    return {"pieces": pieces, "controls": controls, "summary": summarise(pieces, controls)}, outs
 
 
 def summarise(pieces, controls) -> dict:
@@ -131,6 +136,48 @@ def summarise(pieces, controls) -> dict:
                 "join_over_interior_median": float(np.median(ratio))}
 
     return {"joins": block(pieces), "control_splices": block(controls)}
+
+
+def _readings(waves, sr, judges) -> list[dict]:
+    """The judges' mode and energy and the listeners' scale and onset rate of each wave."""
+    from melfusion.metrics import listeners
+    from melfusion.metrics.embedders import synthmel as sm
+
+    audio = judges[0]
+    pred = audio.predict(audio.outputs(None, feats=[sm._pad_min(f) for f in sm.features_of(list(waves))]))
+    rows = []
+    for i, w in enumerate(waves):
+        heard = listeners.listen(np.asarray(w, dtype=np.float32), sr)
+        rows.append({"mode": pred["mode"][i], "energy": pred["energy"][i], "scale": heard["essentia_scale"],
+                     "onsets": heard["essentia_onset_rate"]})
+    return rows
+
+
+def agreement(pairs) -> dict:
+    """How often two readings of one piece agree: judge mode, judge energy, essentia scale; the
+    mean absolute onset-rate difference (per second)."""
+    if not pairs:
+        return {}
+    return {"pairs": len(pairs),
+            **{k: float(np.mean([a[k] == b[k] for a, b in pairs])) for k in ("mode", "energy", "scale")},
+            "onset_diff": float(np.mean([abs(a["onsets"] - b["onsets"]) for a, b in pairs]))}
+
+
+def measure_consistency(pipe, entries, pieces, steps, segment_s=5.0, solver=None) -> dict:
+    """First against last `segment_s` of each long piece; halves of a 10 s clip as the control."""
+    from melfusion.metrics.embedders.synthmel import load_judges
+
+    judges = load_judges()
+    sr = pieces[0].sample_rate
+    n = int(segment_s * sr)
+    ends, halves = [], []
+    for i, (entry, out) in enumerate(zip(entries, pieces)):
+        a, b = _readings([out.audio[:n], out.audio[-n:]], sr, judges)
+        ends.append((a, b))
+        clip = _compose(pipe, entry, 2 * segment_s, steps, seed=i, solver=solver).audio
+        a, b = _readings([clip[:n], clip[n:2 * n]], sr, judges)
+        halves.append((a, b))
+    return {"segment_s": segment_s, "first_last": agreement(ends), "halves_of_one_clip": agreement(halves)}
 
 
 def measure_cost_here(model, manifest, duration, steps, solver=None) -> dict:
@@ -183,6 +230,14 @@ def print_table(result) -> None:
         if b:
             print(f"| {name} | {b['joins']} | {b['within_range']:.0%} | {b['under_p95']:.0%} | {b['rank_mean']:.2f} "
                   f"| {b['rank_median']:.2f} | {b['join_over_interior_median']:.2f} |")
+    c = result.get("consistency")
+    if c:
+        print(f"\n## Consistency ({c['segment_s']:g} s segments)")
+        print("| pair | pieces | judge mode agrees | judge energy agrees | essentia scale agrees | onset-rate gap (/s) |")
+        print("|---|---|---|---|---|---|")
+        for name, key in (("first and last of a long piece", "first_last"), ("control: halves of one clip", "halves_of_one_clip")):
+            b = c[key]
+            print(f"| {name} | {b['pairs']} | {b['mode']:.0%} | {b['energy']:.0%} | {b['scale']:.0%} | {b['onset_diff']:.2f} |")
     if result.get("cost"):
         print("\n## Time and memory")
         print("| duration (s) | windows | wall (s) | s per s of music | peak RSS (MB) | growth while composing (MB) |")
@@ -199,6 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=20, help="pieces for the join statistics (validation records)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per piece for the join statistics")
     p.add_argument("--durations", default="10,30,60,120", help="comma-separated durations to time (empty: none)")
+    p.add_argument("--segment", type=float, default=5.0,
+                   help="seconds read at each end of a piece, and each half of the control clip (0: skip)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--solver", default=None, choices=("ddim", "dpm++2m", "unipc"))
     p.add_argument("--out", default=None, help="write every number to this JSON file")
@@ -224,16 +281,20 @@ def main(argv=None) -> int:
         steps = int(args.steps or pipe.defaults["num_inference_steps"])
         window_s = pipe.window_s
         print(f"joins: {args.n} pieces of {args.duration:g} s", file=sys.stderr)
-        joins = measure_joins(pipe, entries, args.duration, steps, args.solver,
-                              log=lambda m: print(m, file=sys.stderr))
-        del pipe
+        joins, outs = measure_joins(pipe, entries, args.duration, steps, args.solver,
+                                    log=lambda m: print(m, file=sys.stderr))
+        consistency = None
+        if args.segment:
+            print("consistency: first and last segments against halves of one clip", file=sys.stderr)
+            consistency = measure_consistency(pipe, entries, outs, steps, args.segment, args.solver)
+        del pipe, outs
         print("time and memory:", file=sys.stderr)
         cost = measure_cost(args, log=lambda m: print(m, file=sys.stderr)) if args.durations else []
     except MelFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = {"model": args.model or "default", "n": args.n, "duration_s": args.duration, "steps": steps,
-              "window_s": window_s, "joins": joins, "cost": cost}
+              "window_s": window_s, "joins": joins, "consistency": consistency, "cost": cost}
     print_table(result)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
