@@ -170,12 +170,13 @@ def limit(wave: np.ndarray, sample_rate: int, ceiling_dbfs: float = CEILING_DBFS
     if len(wave) == 0:
         return wave.copy()
     peaks = _sample_peaks(wave)
-    if peaks.max() > ceiling:
-        need = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))
-        hold = max(1, int(hold_ms * sample_rate / 1000))
-        smooth = min(hold, max(1, int(smooth_ms * sample_rate / 1000)))
-        gain = _moving_mean(_sliding(need, hold, np.minimum), smooth)
-        wave = wave * np.minimum(gain, need)  # the average's rounding never lets a sample over
+    if peaks.max() <= ceiling:  # the peaks hold the true peak already: nothing to do
+        return wave.copy()
+    need = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))
+    hold = max(1, int(hold_ms * sample_rate / 1000))
+    smooth = min(hold, max(1, int(smooth_ms * sample_rate / 1000)))
+    gain = _moving_mean(_sliding(need, hold, np.minimum), smooth)
+    wave = wave * np.minimum(gain, need)  # the average's rounding never lets a sample over
     peak = true_peak(wave)
     if peak > ceiling:  # what the smooth curve leaves between the samples
         wave = wave * (ceiling / peak)
