@@ -9,8 +9,7 @@ from melfusion.audio.mel import MelConfig, MelSpectrogram
 from melfusion.errors import MelFusionError
 from melfusion.music.harmony import (HarmonyLoss, band_centres, frame_profiles, latent_frame_profiles,
                                      pitch_class_map, pooled_profile)
-from melfusion.training.config import load_config
-from training_fixtures import make_manifest, write_config
+from training_fixtures import make_manifest, music_config
 
 SR = 16000
 
@@ -94,11 +93,9 @@ def manifest(tmp_path_factory):
 
 
 def _config(tmp_path, manifest, name, **over):
-    values = dict(stage="music", manifest=str(manifest), out_dir=str(tmp_path / name), init="tiny", steps=3,
-                  batch_size=2, checkpoint_every=3, log_every=1, val_every=3, clip_seconds=1.0, warmup_steps=1,
-                  lr=1e-3, cache_dir=str(tmp_path / "cache"), conditioning="text", crop_frames=32)
+    values = dict(steps=3, checkpoint_every=3, val_every=3, conditioning="text", crop_frames=32)
     values.update(over)
-    return load_config(write_config(tmp_path / f"{name}.toml", **values))
+    return music_config(tmp_path, manifest, name, **values)
 
 
 def test_a_run_with_the_harmony_loss_logs_it_and_trains_otherwise_alike(tmp_path, manifest):

@@ -10,8 +10,7 @@ import torch
 
 from melfusion.errors import MelFusionError
 from melfusion.music.ldm import sample_timesteps
-from melfusion.training.config import load_config
-from training_fixtures import make_manifest, write_config
+from training_fixtures import make_manifest, music_config
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +19,7 @@ def manifest(tmp_path_factory):
 
 
 def _config(tmp_path, manifest, name, **over):
-    values = dict(stage="music", manifest=str(manifest), out_dir=str(tmp_path / name), init="tiny", steps=4,
-                  batch_size=2, checkpoint_every=2, log_every=1, val_every=2, clip_seconds=1.0, warmup_steps=1,
-                  lr=1e-3, cache_dir=str(tmp_path / "cache"))
-    values.update(over)
-    return load_config(write_config(tmp_path / f"{name}.toml", **values))
+    return music_config(tmp_path, manifest, name, **over)
 
 
 @pytest.fixture(scope="module")

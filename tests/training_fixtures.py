@@ -36,3 +36,14 @@ def write_config(path: Path, **values) -> Path:
     body = "\n".join(f"{k} = {toml(v)}" for k, v in values.items())
     path.write_text(body + "\n")
     return path
+
+
+def music_config(tmp_path: Path, manifest: Path, name: str, **over):
+    """A tiny music-stage run over `make_manifest`'s clips, loaded as `melfusion train` would."""
+    from melfusion.training.config import load_config
+
+    values = dict(stage="music", manifest=str(manifest), out_dir=str(tmp_path / name), init="tiny", steps=4,
+                  batch_size=2, checkpoint_every=2, log_every=1, val_every=2, clip_seconds=1.0, warmup_steps=1,
+                  lr=1e-3, cache_dir=str(tmp_path / "cache"))
+    values.update(over)
+    return load_config(write_config(tmp_path / f"{name}.toml", **values))
