@@ -222,3 +222,35 @@ def test_stats_report_counts_and_image_colour_classifier_beats_chance(made):
     for label in ("mode", "energy"):
         acc, chance, n = ev[label]
         assert n == 10 and acc >= 0.9 and acc > chance
+
+
+
+def test_a_hung_render_is_retried_and_a_render_that_always_hangs_fails_in_one_line(monkeypatch):
+    import subprocess
+
+    from melfusion.data import render
+
+    _, piece, _ = compose_record(SynthConfig(seed=0, duration_s=1.0), 0)
+    midi = music.midi_bytes(piece)
+    real_run, calls = subprocess.run, []
+
+    def hangs_first(cmd, **kw):
+        calls.append(kw["timeout"])
+        if len(calls) == 1:
+            raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(render.subprocess, "run", hangs_first)
+    wave = render.render_midi(midi, 16000)
+    assert len(calls) == 2 and calls[0] == render.RENDER_TIMEOUT_S
+    assert wave.size > 8000 and np.abs(wave).max() > 1e-3
+
+    def always_hangs(cmd, **kw):
+        calls.append(kw["timeout"])
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    calls.clear()
+    monkeypatch.setattr(render.subprocess, "run", always_hangs)
+    with pytest.raises(MelFusionError, match="did not finish") as err:
+        render.render_midi(midi, 16000)
+    assert len(calls) == render.RENDER_TRIES and "\n" not in str(err.value)

@@ -38,6 +38,21 @@ def check_soundfont(path: str | os.PathLike) -> Path:
     return p
 
 
+RENDER_TIMEOUT_S = 120
+RENDER_TRIES = 3
+
+
+def run_with_retries(cmd: list[str]) -> subprocess.CompletedProcess:
+    """FluidSynth renders 10 s in well under a second, but on a loaded machine it has been seen to
+    hang; a hung render is killed after RENDER_TIMEOUT_S and tried again, RENDER_TRIES times in all."""
+    for _ in range(RENDER_TRIES):
+        try:
+            return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=RENDER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            continue
+    raise MelFusionError(f"fluidsynth did not finish within {RENDER_TIMEOUT_S} s, {RENDER_TRIES} times")
+
+
 def render_midi(midi: bytes, sample_rate: int, soundfont: str | os.PathLike = DEFAULT_SOUNDFONT) -> np.ndarray:
     """Mono float32 samples of a Standard MIDI File, as FluidSynth plays it."""
     exe = find_fluidsynth()
@@ -48,7 +63,7 @@ def render_midi(midi: bytes, sample_rate: int, soundfont: str | os.PathLike = DE
         cmd = [exe, "-ni", "-q", "-g", "0.5", "-r", str(sample_rate), "-T", "wav", "-O", "float",
                "-o", "synth.chorus.active=0", "-o", "synth.reverb.active=1", "-o", "synth.cpu-cores=1",
                "-o", "audio.period-size=64", "-F", str(wav), str(sf2), str(mid)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        proc = run_with_retries(cmd)
         if proc.returncode != 0 or not wav.is_file():
             msg = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
             raise MelFusionError(f"fluidsynth failed: {msg[-1] if msg else 'no output'}")
