@@ -113,8 +113,10 @@ class MusicLDM(torch.nn.Module):
         `(1, tokens, dim)`, `(1, tokens)`; image_features(timesteps) returns the image keys and
         values the synapse reads at those music timesteps (None: train text-only).
         image_tokens `(batch, n, dim)`, for the concatenation baselines, join the caption's
-        tokens (masked out where the image is dropped). With `return_clean`, returns
-        `(loss, predicted clean latent)` (for an auxiliary loss on what the model predicts).
+        tokens (masked out where the image is dropped). With `return_clean`, returns `(loss, extras)`
+        for an auxiliary loss on what the model predicts: `extras` holds the predicted clean
+        latent ("clean"), the timesteps, and the masks of the kept caption and image
+        ("keep_text", "keep_image").
         """
         b = latents.shape[0]
         if timesteps is None:
@@ -139,7 +141,8 @@ class MusicLDM(torch.nn.Module):
         loss = F.mse_loss(output.float(), target.float())
         if not return_clean:
             return loss
-        return loss, self.predicted_clean(noisy, output.float(), timesteps)
+        return loss, {"clean": self.predicted_clean(noisy, output.float(), timesteps), "timesteps": timesteps,
+                      "keep_text": keep_text, "keep_image": keep_image}
 
     def predicted_clean(self, noisy: torch.Tensor, output: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The clean latent the model's output implies at `timesteps` (v: sqrt(a) x - sqrt(1-a) v)."""

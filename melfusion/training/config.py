@@ -76,6 +76,14 @@ class TrainConfig:
     # (melfusion.music.harmony), computed on the first `harmony_batch` samples of each batch
     harmony_weight: float = 0.0
     harmony_batch: int = 8
+    # issue 12 D, beyond the paper: a frozen mode-and-pace reader of latents (melfusion.music.reader,
+    # trained by scripts/train_reader.py) reads the predicted clean latent; its cross-entropy against
+    # the clip's labels, weighted by the signal level alpha_bar(t), joins the loss with this weight,
+    # on the samples whose kept condition carries the labels (the caption when conditioning is
+    # "text", the picture otherwise); `reader_heads`: which of its heads (None: all)
+    reader: str | None = None
+    reader_weight: float = 0.0
+    reader_heads: list[str] | None = None
     source: str = field(default="", repr=False)  # the file it was read from
 
     @property
@@ -97,7 +105,8 @@ class TrainConfig:
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         # Keys added after checkpoints existed: unset, they leave the digest as it was.
         for later, unset in (("alpha_lr", None), ("synapse_lr", None), ("init_parts", None),
-                             ("high_noise_weight", 0.0), ("harmony_weight", 0.0), ("harmony_batch", 8)):
+                             ("high_noise_weight", 0.0), ("harmony_weight", 0.0), ("harmony_batch", 8),
+                             ("reader", None), ("reader_weight", 0.0), ("reader_heads", None)):
             if data.get(later) == unset:
                 data.pop(later, None)
         if portable and self.source:
@@ -106,8 +115,9 @@ class TrainConfig:
             def rel(p: str) -> str:
                 return os.path.relpath(p, base) if os.path.isabs(p) else p
 
-            for key in ("manifest", "out_dir", "init"):
-                data[key] = rel(data[key])
+            for key in ("manifest", "out_dir", "init", "reader"):
+                if data.get(key) is not None:
+                    data[key] = rel(data[key])
             if data.get("init_parts"):
                 data["init_parts"] = {k: rel(v) for k, v in data["init_parts"].items()}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -133,7 +143,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     if missing:
         raise MelFusionError(f"{path}: missing required key {missing[0]}")
     base = path.parent
-    for key in ("manifest", "out_dir", "cache_dir"):
+    for key in ("manifest", "out_dir", "cache_dir", "reader"):
         if raw.get(key) is not None:
             raw[key] = _resolve(base, raw[key])
     init = raw.get("init", "small")
@@ -194,6 +204,20 @@ def validate(cfg: TrainConfig) -> None:
         raise MelFusionError(f"{where}: harmony_weight is for the music stage")
     if int(cfg.harmony_batch) < 1:
         raise MelFusionError(f"{where}: harmony_batch must be at least 1")
+    if not 0 <= cfg.reader_weight <= 100:
+        raise MelFusionError(f"{where}: reader_weight must be between 0 and 100")
+    if cfg.reader_weight:
+        from melfusion.music.reader import CONFIG_NAME, LABELS, WEIGHTS_NAME
+
+        if cfg.stage != "music":
+            raise MelFusionError(f"{where}: reader_weight is for the music stage")
+        if not cfg.reader or not (Path(cfg.reader) / CONFIG_NAME).is_file() \
+                or not (Path(cfg.reader) / WEIGHTS_NAME).is_file():
+            raise MelFusionError(f"{where}: reader_weight needs `reader`, a saved reader folder "
+                                 f"(scripts/train_reader.py makes one): {cfg.reader}")
+        bad = [h for h in (cfg.reader_heads or []) if h not in LABELS]
+        if bad or cfg.reader_heads == []:
+            raise MelFusionError(f"{where}: reader_heads must name some of {', '.join(LABELS)}")
     if cfg.synapse_lr is not None and not cfg.synapse_lr > 0:
         raise MelFusionError(f"{where}: synapse_lr must be > 0")
     if cfg.lr <= 0 or not 0 <= cfg.ema_decay < 1:

@@ -153,6 +153,12 @@ class MusicStage(Stage):
             from melfusion.music.harmony import HarmonyLoss
 
             self.harmony = HarmonyLoss(pipe.audio_vae, pipe.mel)
+        self.reader_loss = None
+        self._reader_value = None
+        if cfg.reader_weight:
+            from melfusion.music.reader import LatentReader, ReaderLoss
+
+            self.reader_loss = ReaderLoss(LatentReader.load(cfg.reader), cfg.reader_heads)
         if cfg.conditioning == "synapse" and not synapse.config.standardize:
             self._measure_image_statistics()
 
@@ -194,6 +200,7 @@ class MusicStage(Stage):
         text, mask = self.data[split + "_text"][idx], self.data[split + "_mask"][idx]
         latents = self.data[split + "_latents"][idx]
         harmony = self.harmony is not None and split == "train"
+        read = self.reader_loss is not None and split == "train"
         profiles = self.data[split + "_pitch"][idx[:self.cfg.harmony_batch]] if harmony else None
         if split == "train" and self.latent_crop is not None:
             frames = latents.shape[2]
@@ -208,12 +215,22 @@ class MusicStage(Stage):
         loss = self.music.training_loss(
             latents, text, mask, self.data["null_text"], self.data["null_mask"],
             self._features(split, idx, tokens), dropout or self.dropout, generator, timesteps,
-            image_tokens=tokens if self.cfg.conditioning in TOKENS_IN_CAPTION else None, return_clean=harmony)
+            image_tokens=tokens if self.cfg.conditioning in TOKENS_IN_CAPTION else None,
+            return_clean=harmony or read)
+        if harmony or read:
+            loss, extras = loss
+            clean = extras["clean"]
         if harmony:
-            loss, clean = loss
             h = self.harmony(clean[:len(profiles)], profiles.sum(dim=1))
             self._harmony_value = float(h.detach())
             loss = loss + self.cfg.harmony_weight * h
+        if read:
+            # The labels are the caption's to give when it is the condition, the picture's otherwise.
+            keep = extras["keep_text"] if self.cfg.conditioning == "text" else extras["keep_image"]
+            signal = self.music.noise_scheduler.alphas_cumprod[extras["timesteps"].cpu()].float()
+            r = self.reader_loss(clean, self.data[split + "_labels"][idx], keep.float() * signal)
+            self._reader_value = float(r.detach())
+            loss = loss + self.cfg.reader_weight * r
         if self.cfg.conditioning == "tangopp":
             loss = loss + self.cfg.itc_weight * self.image_encoder.itc_loss(tokens, text, mask)
         return loss
@@ -230,6 +247,8 @@ class MusicStage(Stage):
 
     def log_values(self):
         values = {} if self._harmony_value is None else {"harmony": self._harmony_value}
+        if self._reader_value is not None:
+            values["reader"] = self._reader_value
         if self.cfg.conditioning in READS_SYNAPSE:
             values.update({f"alpha_{i}": a for i, a in enumerate(self.music.synapse.alphas())})
         return values
@@ -303,6 +322,10 @@ def stage_data(cfg: TrainConfig, pipe, train, val, cache_dir, progress=True) -> 
                 from melfusion.music.harmony import latent_frame_profiles, pitch_class_map
 
                 out["train_pitch"] = latent_frame_profiles(m, pitch_class_map(mel_cfg), pipe.audio_vae.factor)
+            if cfg.reader_weight and split == "train":
+                from melfusion.music.reader import label_tensor
+
+                out["train_labels"] = label_tensor([e.record for e in rows[split]], cfg.reader_heads)
             if cfg.conditioning in NEEDS_IMAGE_ENCODER:
                 out[split + "_images"] = images(split)
             if cfg.conditioning == "synapse":
