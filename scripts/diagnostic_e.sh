@@ -37,3 +37,6 @@ for arm in plain reader; do
   $mf evaluate --generated "$out/$arm" --reference $m --split val --subset --out "$out/$arm-judges.json"
   $py scripts/listen_set.py "$out/$arm" --manifest $m --split val --out "$out/$arm-listeners.json"
 done
+# What the reader itself hears in both arms' clips (beside the judges and listeners above).
+$py scripts/reader_on_clips.py "$out/plain" "$out/reader" --reader runs/small/reader \
+  --audio-vae runs/small/audio_vae-long/model --manifest $m > "$out/reader-on-clips.json"
