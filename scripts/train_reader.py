@@ -38,7 +38,6 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, {"reader_weight": 0.0, "harmony_weight": 0.0})
         if cfg.stage != "music" or not cfg.crop_frames:
             raise MelFusionError(f"{args.config}: the reader needs a music-stage config with crop_frames")
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         train, val = load_entries(cfg)
         pipe = load_init(cfg)
         data = stage_data(cfg, pipe, train, val, cfg.cache_dir)
