@@ -86,6 +86,14 @@ class LatentReader(nn.Module):
 IGNORE = -100  # F.cross_entropy's ignore_index: a label not read
 
 
+def saved_heads(folder: str | Path) -> list[str]:
+    """The heads of the reader saved in `folder`, read from its config alone."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise MelFusionError(f"not a saved reader (no {CONFIG_NAME}): {folder}")
+    return list(json.loads(path.read_text()).get("heads", ReaderConfig().heads))
+
+
 def label_tensor(records: list[dict], heads: list[str] | None = None) -> torch.Tensor:
     """`(records, len(LABELS))` class indices from manifest records, one column per entry of
     LABELS in its order (`mode`, `energy`); the columns of heads not in `heads` (default: all)

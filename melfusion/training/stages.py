@@ -323,9 +323,10 @@ def stage_data(cfg: TrainConfig, pipe, train, val, cache_dir, progress=True) -> 
 
                 out["train_pitch"] = latent_frame_profiles(m, pitch_class_map(mel_cfg), pipe.audio_vae.factor)
             if cfg.reader_weight and split == "train":
-                from melfusion.music.reader import label_tensor
+                from melfusion.music.reader import label_tensor, saved_heads
 
-                out["train_labels"] = label_tensor([e.record for e in rows[split]], cfg.reader_heads)
+                heads = cfg.reader_heads or saved_heads(cfg.reader)
+                out["train_labels"] = label_tensor([e.record for e in rows[split]], heads)
             if cfg.conditioning in NEEDS_IMAGE_ENCODER:
                 out[split + "_images"] = images(split)
             if cfg.conditioning == "synapse":
