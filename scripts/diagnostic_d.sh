@@ -7,18 +7,9 @@
 # audio VAE stage.
 #
 #   scripts/diagnostic_d.sh          # results in runs/eval/diag-d/*.json
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/link_state.sh
-mf=.venv/bin/melfusion
-py=.venv/bin/python
-N=${N:-96}
+source "$(dirname "${BASH_SOURCE[0]}")/modecap_2000.sh"
 out=runs/eval/diag-d
-mkdir -p "$out" runs/logs
-$mf data synth --n 2000 --out data/synthmel-2000 --seed 0 --quiet
-[ -f data/synthmel-2000-modecap/manifest.jsonl ] \
-  || $py scripts/mode_captions.py data/synthmel-2000/manifest.jsonl data/synthmel-2000-modecap
-$mf train --config configs/small/audio_vae-long.toml --resume --quiet
+mkdir -p "$out"
 # The second run starts once the first has built the shared caches (its config.json is written
 # after them), so they are not built twice.
 pids=""

@@ -7,18 +7,9 @@
 # judges and the independent listeners. About 1 h of both cores once D's model is there.
 #
 #   scripts/diagnostic_e.sh          # results in runs/eval/diag-e/*.json
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/link_state.sh
-mf=.venv/bin/melfusion
-py=.venv/bin/python
-N=${N:-96}
+source "$(dirname "${BASH_SOURCE[0]}")/modecap_2000.sh"
 out=runs/eval/diag-e
-mkdir -p "$out" runs/logs
-$mf data synth --n 2000 --out data/synthmel-2000 --seed 0 --quiet
-[ -f data/synthmel-2000-modecap/manifest.jsonl ] \
-  || $py scripts/mode_captions.py data/synthmel-2000/manifest.jsonl data/synthmel-2000-modecap
-$mf train --config configs/small/audio_vae-long.toml --resume --quiet
+mkdir -p "$out"
 $mf train --config configs/small/diag-d-plain.toml --resume --quiet  # D's plain arm, the start
 [ -f runs/small/reader/reader.safetensors ] \
   || $py scripts/train_reader.py configs/small/diag-e-plain.toml runs/small/reader

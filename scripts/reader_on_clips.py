@@ -23,38 +23,38 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folders", nargs="+", help="folders of generated WAVs named by record id")
     ap.add_argument("--reader", required=True)
-    ap.add_argument("--audio-vae", required=True, help="a saved model folder with the audio VAE the reader reads")
+    ap.add_argument("--audio-vae", required=True, help="a saved model folder whose audio VAE and mel the reader reads")
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--crop", type=int, default=64, help="latent frames per crop")
     args = ap.parse_args(argv)
+    import dataclasses
+
     import torch
 
-    from melfusion.audio.io import read_audio
-    from melfusion.audio.mel import MelSpectrogram, fit_frames
-    from melfusion.audio.vae import AudioVAE
+    from melfusion.data.manifest import read_manifest
     from melfusion.errors import MelFusionError
+    from melfusion.loading import quiet_libraries
     from melfusion.music.reader import LatentReader, accuracy, label_tensor
+    from melfusion.pipeline import MelFusionPipeline
+    from melfusion.training.caches import build_audio_latents, build_mels
 
     torch.set_grad_enabled(False)
+    quiet_libraries()
     try:
-        vae = AudioVAE.from_pretrained(Path(args.audio_vae) / "audio_vae").eval()
+        pipe = MelFusionPipeline.from_pretrained(args.audio_vae)
         reader = LatentReader.load(args.reader)
-        records = {}
-        for line in open(args.manifest):
-            if line.strip():
-                r = json.loads(line)
-                records[r["id"]] = r
-        mel = MelSpectrogram(vae_mel_config(args.audio_vae))
+        entries = {e.id: e for e in read_manifest(args.manifest)[0]}
+        frames = pipe.frames_for(pipe.defaults.get("duration_s", 10.0))
         out = {}
         for folder in args.folders:
             files = sorted(Path(folder).glob("*.wav"))
-            missing = [f.stem for f in files if f.stem not in records]
+            missing = [f.stem for f in files if f.stem not in entries]
             if not files or missing:
                 raise MelFusionError(f"{folder}: no WAVs, or WAVs of records not in the manifest ({missing[:1]})")
-            frames = 1008
-            m = torch.stack([fit_frames(mel(torch.from_numpy(read_audio(str(f), 16000))), frames)[0] for f in files])
-            z = torch.cat([vae.encode(m[i:i + 16]) for i in range(0, len(m), 16)])
-            y = label_tensor([records[f.stem] for f in files], reader.config.heads)
+            # The generated clips in place of the records' own audio, read as the music stage reads audio.
+            clips = [dataclasses.replace(entries[f.stem], audio_path=f) for f in files]
+            z = build_audio_latents(build_mels(clips, pipe.mel, frames, progress=False), pipe.audio_vae, progress=False)
+            y = label_tensor([e.record for e in clips], reader.config.heads)
             out[folder] = {"clips": len(files), "whole": accuracy(reader, z, y),
                            "crop": accuracy(reader, z, y, frames=args.crop)}
         print(json.dumps(out, indent=2))
@@ -62,16 +62,6 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def vae_mel_config(model_dir):
-    """The mel settings saved with the model (the default ones when the folder has none)."""
-    from melfusion.audio.mel import MelConfig
-
-    path = Path(model_dir) / "model_index.json"
-    index = json.loads(path.read_text()) if path.is_file() else {}
-    mel = index.get("mel")
-    return MelConfig(**mel) if isinstance(mel, dict) else MelConfig()
 
 
 if __name__ == "__main__":

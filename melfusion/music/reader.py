@@ -37,6 +37,16 @@ class ReaderConfig:
     heads: list[str] = field(default_factory=lambda: ["mode", "energy"])
 
 
+def is_saved_reader(folder: str | Path | None) -> bool:
+    return folder is not None and (Path(folder) / CONFIG_NAME).is_file() and (Path(folder) / WEIGHTS_NAME).is_file()
+
+
+def check_saved_reader(folder: str | Path) -> Path:
+    if not is_saved_reader(folder):
+        raise MelFusionError(f"not a saved reader (no {CONFIG_NAME} and {WEIGHTS_NAME}): {folder}")
+    return Path(folder)
+
+
 class LatentReader(nn.Module):
     """Latent `(batch, channels, frames, bins)` -> `{head: (batch, 2) logits}`.
 
@@ -75,9 +85,7 @@ class LatentReader(nn.Module):
     def load(cls, folder: str | Path) -> "LatentReader":
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-            raise MelFusionError(f"not a saved reader (no {CONFIG_NAME} and {WEIGHTS_NAME}): {folder}")
+        folder = check_saved_reader(folder)
         reader = cls(ReaderConfig(**json.loads((folder / CONFIG_NAME).read_text())))
         reader.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
         return reader.eval().requires_grad_(False)
@@ -88,9 +96,7 @@ IGNORE = -100  # F.cross_entropy's ignore_index: a label not read
 
 def saved_heads(folder: str | Path) -> list[str]:
     """The heads of the reader saved in `folder`, read from its config alone."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        raise MelFusionError(f"not a saved reader (no {CONFIG_NAME}): {folder}")
+    path = check_saved_reader(folder) / CONFIG_NAME
     return list(json.loads(path.read_text()).get("heads", ReaderConfig().heads))
 
 

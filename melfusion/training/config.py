@@ -207,12 +207,11 @@ def validate(cfg: TrainConfig) -> None:
     if not 0 <= cfg.reader_weight <= 100:
         raise MelFusionError(f"{where}: reader_weight must be between 0 and 100")
     if cfg.reader_weight:
-        from melfusion.music.reader import CONFIG_NAME, LABELS, WEIGHTS_NAME
+        from melfusion.music.reader import LABELS, is_saved_reader
 
         if cfg.stage != "music":
             raise MelFusionError(f"{where}: reader_weight is for the music stage")
-        if not cfg.reader or not (Path(cfg.reader) / CONFIG_NAME).is_file() \
-                or not (Path(cfg.reader) / WEIGHTS_NAME).is_file():
+        if not is_saved_reader(cfg.reader):
             raise MelFusionError(f"{where}: reader_weight needs `reader`, a saved reader folder "
                                  f"(scripts/train_reader.py makes one): {cfg.reader}")
         bad = [h for h in (cfg.reader_heads or []) if h not in LABELS]
