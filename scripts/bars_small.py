@@ -1,10 +1,11 @@
-"""Check issue 5's bars on the reports that scripts/evaluate_small.sh writes.
+"""Check issue 5's or issue 12's bars on the reports that scripts/evaluate_small.sh writes.
 
-    .venv/bin/python scripts/bars_small.py [runs/eval]
+    .venv/bin/python scripts/bars_small.py [runs/eval] [--issue 5|12]
 
 Reads melfusion.json, text-only.json and shuffled-images.json and prints one line per bar with
-the measured figures and PASS or MISS (and by how much). Exit status 0 whatever the outcome:
-this reports, it does not gate.
+the measured figures and PASS or MISS (and by how much). Issue 12's listener bars (pictures the
+model never saw) are scripts/heldout_listen.py's. Exit status 0 whatever the outcome: this
+reports, it does not gate.
 """
 from __future__ import annotations
 
@@ -34,6 +35,28 @@ def bars(model: dict, text: dict, shuffled: dict, control: dict | None = None) -
     return out
 
 
+def bars_12(model: dict, text: dict, shuffled: dict, control: dict | None = None) -> list[tuple[str, bool, str]]:
+    """Issue 12's bars on the test split: the model against the text-only baseline from the same
+    checkpoint and steps, and the shuffled-image control against text-only (within 5 points)."""
+    m, t, s = model["accuracy"], text["accuracy"], shuffled["accuracy"]
+    out = [("genre >= 75%", m["genre"] >= 0.75, f"{m['genre']:.1%} (text-only {t['genre']:.1%})")]
+    for key, floor, lead in (("energy", 0.80, 0.20), ("mode", 0.70, 0.15)):
+        out.append((f"{key} >= {floor:.0%}", m[key] >= floor, f"{m[key]:.1%}"))
+        gap = m[key] - t[key]
+        out.append((f"{key} >= text-only + {lead * 100:.0f} points", gap >= lead,
+                    f"{m[key]:.1%} vs {t[key]:.1%} ({gap * 100:+.1f} points)"))
+    for key, ceiling in (("fd", 30.0), ("fad", 20.0)):
+        out.append((f"{key.upper()} <= {ceiling:g}", model[key] <= ceiling, f"{model[key]:.2f}"))
+        out.append((f"{key.upper()} below text-only", model[key] < text[key],
+                    f"{model[key]:.3f} vs {text[key]:.3f}"))
+    for key in ("mode", "energy"):
+        gap = s[key] - t[key]
+        out.append((f"shuffled images within 5 points of text-only on {key}", abs(gap) <= 0.05,
+                    f"{s[key]:.1%} vs {t[key]:.1%} ({gap * 100:+.1f} points; with the right images "
+                    f"{(control or model)['accuracy'][key]:.1%}, {shuffled['n']} records)"))
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _records(manifest: str) -> dict[str, dict]:
     """The manifest's records by id, read once however many comparisons use it."""
@@ -58,15 +81,22 @@ def paired(a: dict, b: dict, key: str) -> tuple[int, int, int, float] | None:
 
 
 def main() -> int:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/eval")
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Issue 5's or 12's bars on evaluate_small.sh's reports.")
+    parser.add_argument("root", nargs="?", default="runs/eval")
+    parser.add_argument("--issue", type=int, choices=(5, 12), default=5)
+    args = parser.parse_args()
+    root = Path(args.root)
     reports = {name: json.loads((root / f"{name}.json").read_text())
                for name in ("melfusion", "text-only", "shuffled-images")}
     n = {name: r.get("n", r.get("records")) for name, r in reports.items()}
     control_path = root / "melfusion-control.json"  # the model on the shuffled run's records, if it made fewer
     control = json.loads(control_path.read_text()) if control_path.is_file() else None
     print(f"records scored: {n}")
-    for name, ok, figures in bars(reports["melfusion"], reports["text-only"], reports["shuffled-images"], control):
-        print(f"{'PASS' if ok else 'MISS'}  {name:34s} {figures}")
+    check = bars_12 if args.issue == 12 else bars
+    for name, ok, figures in check(reports["melfusion"], reports["text-only"], reports["shuffled-images"], control):
+        print(f"{'PASS' if ok else 'MISS'}  {name:50s} {figures}")
     for other in ("text-only", "shuffled-images"):
         for key in ("mode", "energy"):
             pair = paired(reports["melfusion"], reports[other], key)

@@ -11,6 +11,7 @@
 #   MODEL=runs/small/music-vaelong/model BASELINE=runs/small/music-text-only-vaelong/model \
 #     OUT=runs/eval/vaelong scripts/evaluate_small.sh   # another pair, in its own folder
 #   JOBS=2 ...                         # each generate-set as 2 shards side by side, 1 thread each
+#   ISSUE=12 ...                       # issue 12's bars instead of issue 5's
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mf=.venv/bin/melfusion
@@ -57,4 +58,4 @@ else
   rm -f "$OUT/melfusion-control.json"
 fi
 cat "$OUT"/*.md
-.venv/bin/python scripts/bars_small.py "$OUT"
+.venv/bin/python scripts/bars_small.py "$OUT" --issue "${ISSUE:-5}"

@@ -56,3 +56,26 @@ def test_bars_compare_the_model_with_the_baseline_and_the_control():
     control = report(0.6, 0.45, 0.45, 40.0, 60.0, n=150)
     result = {name: ok for name, ok, _ in bars_small.bars(model, text, shuffled, control)}
     assert not result["shuffled images worse on mode"] and not result["shuffled images worse on energy"]
+
+
+def test_issue_12_bars_ask_more_and_hold_the_control_near_text_only():
+    def report(genre, mode, energy, fad, fd, n=300):
+        return {"accuracy": {"genre": genre, "mode": mode, "energy": energy}, "fad": fad, "fd": fd, "n": n}
+
+    text = report(0.78, 0.52, 0.58, 25.0, 35.0)
+    model = report(0.80, 0.72, 0.82, 19.0, 29.0)
+    shuffled = report(0.79, 0.55, 0.56, 24.0, 33.0)
+    result = {name: ok for name, ok, _ in bars_small.bars_12(model, text, shuffled)}
+    assert all(result.values()), result
+    assert len(result) == 11
+    # Issue 5's bars would pass a model that misses issue 12's: mode 68%, energy 76%, FD 31.
+    weaker = report(0.80, 0.68, 0.76, 19.0, 31.0)
+    result = {name: ok for name, ok, _ in bars_small.bars_12(weaker, text, shuffled)}
+    assert not result["mode >= 70%"] and not result["energy >= 80%"] and not result["FD <= 30"]
+    assert result["mode >= text-only + 15 points"] and not result["energy >= text-only + 20 points"]
+    assert result["FAD <= 20"] and result["FD below text-only"]
+    # A control that keeps the picture's effect (shuffling changed nothing) misses.
+    kept = report(0.79, 0.70, 0.80, 20.0, 30.0)
+    result = {name: ok for name, ok, _ in bars_small.bars_12(model, text, kept)}
+    assert not result["shuffled images within 5 points of text-only on mode"]
+    assert not result["shuffled images within 5 points of text-only on energy"]
