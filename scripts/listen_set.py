@@ -4,7 +4,8 @@ the music's scale is the record's mode, and the key-profile and onset gaps betwe
     .venv/bin/python scripts/listen_set.py GEN_DIR --manifest M --split test [--out listen.json]
 
 The records' labels play the pictures' part: major/minor for warm/cool, driving/calm for busy/calm
-(melfusion.metrics.listeners.following). Each clip's reading is cached in GEN_DIR/listen.json.
+(melfusion.metrics.listeners.following); records with a `key` also give how often essentia hears
+that tonic and that key. Each clip's reading is cached in GEN_DIR/listen.json.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def main() -> int:
         if not entries:
             raise MelFusionError(f"{gen} holds no clips of the {args.split} split of {args.manifest}")
         heard = listen_folder(gen, [e.id for e in entries])
-        rows = [{**heard[e.id], "warm": e.record["mode"] == "major", "busy": e.record["energy"] == "driving"}
-                for e in entries]
+        rows = [{**heard[e.id], "warm": e.record["mode"] == "major", "busy": e.record["energy"] == "driving",
+                 "key": e.record.get("key")} for e in entries]
     except MelFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ turns their readings into issue 12's picture-following figures."""
 import numpy as np
 import pytest
 
+from melfusion.errors import MelFusionError
 from melfusion.metrics.listeners import following, key_profile_score, listen, onset_rate_librosa
 
 SR = 16000
@@ -82,3 +83,22 @@ def test_listen_folder_reads_each_clip_once_and_keeps_its_readings(tmp_path):
     assert first["a"]["key_profile_score"] > 0 and first["b"]["onset_rate_librosa"] > 3
     (tmp_path / "a.wav").unlink()  # read from the cache now
     assert listen_folder(tmp_path, ["a"])["a"] == first["a"]
+
+
+def test_pitch_class_reads_sharps_and_flats_alike():
+    from melfusion.metrics.listeners import pitch_class
+
+    assert [pitch_class(n) for n in ("C", "C#", "Db", "Eb", "F#", "Gb", "Ab", "Bb", "B")] == [0, 1, 1, 3, 6, 6, 8, 10, 11]
+    with pytest.raises(MelFusionError):
+        pitch_class("H")
+
+
+def test_following_counts_tonic_and_key_matches_when_rows_carry_the_key():
+    base = dict(warm=True, busy=True, key_profile_score=0.0, onset_rate_librosa=1.0, essentia_onset_rate=1.0)
+    rows = [dict(base, key="Eb major", essentia_key="Eb", essentia_scale="major"),   # tonic and key
+            dict(base, key="F# minor", essentia_key="F#", essentia_scale="major"),   # tonic only
+            dict(base, key="Ab minor", essentia_key="G#", essentia_scale="minor"),   # same tonic, other name
+            dict(base, key="C major", essentia_key="A", essentia_scale="minor")]     # relative key: neither
+    f = following(rows)
+    assert f["tonic_follows"] == pytest.approx(0.75) and f["key_follows"] == pytest.approx(0.5)
+    assert "tonic_follows" not in following([dict(base, essentia_key="C", essentia_scale="major")])

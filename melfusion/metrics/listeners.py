@@ -23,7 +23,16 @@ from melfusion.errors import MelFusionError
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 KEYS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+_LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 ESSENTIA_RATE = 44100
+
+
+def pitch_class(name: str) -> int:
+    """0-11 for a tonic's name: "C", "F#", "Eb", "Bb" (sharps and flats alike; "Gb" == "F#")."""
+    name = name.strip()
+    if not name or name[0].upper() not in _LETTERS or any(c not in "#b" for c in name[1:]):
+        raise MelFusionError(f"not a tonic name: {name!r}")
+    return (_LETTERS[name[0].upper()] + name.count("#") - name[1:].count("b")) % 12
 
 
 def _corr_all_keys(chroma: np.ndarray, profile: np.ndarray) -> np.ndarray:
@@ -117,7 +126,9 @@ def following(rows: list[dict]) -> dict:
     Each row holds `warm` and `busy` (bools) beside the listener's fields. Returns the share of
     clips whose essentia scale is the picture's (warm: major, cool: minor), the key-profile
     major-minor gap (mean score of warm pictures' music minus cool ones'), and the onset-rate
-    gaps (busy minus calm) of both onset detectors; NaN where a side is empty.
+    gaps (busy minus calm) of both onset detectors; NaN where a side is empty. Rows that also
+    hold the record's `key` ("Ab minor") add `tonic_follows` (essentia's tonic is the record's)
+    and `key_follows` (tonic and scale both), which only a caption stating the key can ask for.
     """
     def mean(xs):
         return float(np.mean(xs)) if len(xs) else float("nan")
@@ -133,4 +144,9 @@ def following(rows: list[dict]) -> dict:
         out["scale_follows"] = mean([r["essentia_scale"] == ("major" if r["warm"] else "minor") for r in rows])
         out["onset_gap_essentia"] = (mean([r["essentia_onset_rate"] for r in busy])
                                      - mean([r["essentia_onset_rate"] for r in calm]))
+        keyed = [r for r in rows if r.get("key")]
+        if keyed:
+            tonic = [pitch_class(r["essentia_key"]) == pitch_class(r["key"].split()[0]) for r in keyed]
+            out["tonic_follows"] = mean(tonic)
+            out["key_follows"] = mean([t and r["essentia_scale"] == r["key"].split()[-1] for t, r in zip(tonic, keyed)])
     return out
