@@ -5,7 +5,7 @@ the music's scale is the record's mode, and the key-profile and onset gaps betwe
 
 The records' labels play the pictures' part: major/minor for warm/cool, driving/calm for busy/calm
 (melfusion.metrics.listeners.following); records with a `key` also give how often essentia hears
-that tonic and that key. Each clip's reading is cached in GEN_DIR/listen.json.
+that tonic and that key, with a `bpm` how the onset rate goes with the tempo. Each clip's reading is cached in GEN_DIR/listen.json.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def main() -> int:
             raise MelFusionError(f"{gen} holds no clips of the {args.split} split of {args.manifest}")
         heard = listen_folder(gen, [e.id for e in entries])
         rows = [{**heard[e.id], "warm": e.record["mode"] == "major", "busy": e.record["energy"] == "driving",
-                 "key": e.record.get("key")} for e in entries]
+                 "key": e.record.get("key"), "bpm": e.record.get("bpm")} for e in entries]
     except MelFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

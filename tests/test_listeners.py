@@ -102,3 +102,12 @@ def test_following_counts_tonic_and_key_matches_when_rows_carry_the_key():
     f = following(rows)
     assert f["tonic_follows"] == pytest.approx(0.75) and f["key_follows"] == pytest.approx(0.5)
     assert "tonic_follows" not in following([dict(base, essentia_key="C", essentia_scale="major")])
+
+
+def test_following_correlates_onset_rate_with_the_records_tempo():
+    base = dict(warm=True, busy=True, key_profile_score=0.0)
+    rows = [dict(base, bpm=b, onset_rate_librosa=o) for b, o in ((80, 2.0), (100, 3.0), (120, 4.5), (140, 5.0))]
+    assert following(rows)["onset_bpm_correlation"] > 0.95
+    rows = [dict(r, onset_rate_librosa=7.0 - r["onset_rate_librosa"]) for r in rows]
+    assert following(rows)["onset_bpm_correlation"] < -0.95
+    assert "onset_bpm_correlation" not in following(rows[:2])

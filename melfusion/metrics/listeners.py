@@ -128,7 +128,8 @@ def following(rows: list[dict]) -> dict:
     major-minor gap (mean score of warm pictures' music minus cool ones'), and the onset-rate
     gaps (busy minus calm) of both onset detectors; NaN where a side is empty. Rows that also
     hold the record's `key` ("Ab minor") add `tonic_follows` (essentia's tonic is the record's)
-    and `key_follows` (tonic and scale both), which only a caption stating the key can ask for.
+    and `key_follows` (tonic and scale both), which only a caption stating the key can ask for;
+    rows with the record's `bpm` add `onset_bpm_correlation` (librosa onset rate against tempo).
     """
     def mean(xs):
         return float(np.mean(xs)) if len(xs) else float("nan")
@@ -140,6 +141,10 @@ def following(rows: list[dict]) -> dict:
     out = {"clips": len(rows),
            "key_profile_gap": mean([r["key_profile_score"] for r in warm]) - mean([r["key_profile_score"] for r in cool]),
            "onset_gap_librosa": mean([r["onset_rate_librosa"] for r in busy]) - mean([r["onset_rate_librosa"] for r in calm])}
+    timed = [r for r in rows if r.get("bpm")]
+    if len(timed) >= 3:
+        out["onset_bpm_correlation"] = float(np.corrcoef([r["onset_rate_librosa"] for r in timed],
+                                                         [r["bpm"] for r in timed])[0, 1])
     if rows and "essentia_scale" in rows[0]:
         out["scale_follows"] = mean([r["essentia_scale"] == ("major" if r["warm"] else "minor") for r in rows])
         out["onset_gap_essentia"] = (mean([r["essentia_onset_rate"] for r in busy])
