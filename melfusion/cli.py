@@ -85,13 +85,18 @@ def cmd_generate(args) -> int:
         check_duration(args.duration)
     if args.seed < 0:
         raise MelFusionError("--seed must be a non-negative integer")
+    if args.key is not None:
+        from melfusion.music.keys import parse_key
+
+        parse_key(args.key)
     quiet_libraries()
     pipe = load_model(args.model, seed=args.seed)
     if plain is not None and not pipe.has_null_image:
         raise MelFusionError(f"--without-image: {pipe.no_null_image_reason()}")
     settings = dict(prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
                     guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
-                    progress=not args.quiet, solver=args.solver, precision=args.precision, loudness_lufs=loudness)
+                    progress=not args.quiet, solver=args.solver, precision=args.precision, loudness_lufs=loudness,
+                    key=args.key)
     n = args.variations
     for i in range(1, n + 1):
         seed = args.seed + i - 1
@@ -121,6 +126,8 @@ def _report(args, path, result, seed=None, what: str = "") -> None:
     t = result.timings
     note = ", ".join(x for x in (what, f"seed {seed}" if seed is not None else "") if x)
     windows = f", {len(result.windows)} windows" if result.windows else ""
+    if result.keys:
+        note = ", ".join(x for x in (note, f"key of {result.keys[0]}") if x)
     print(f"wrote {path} ({len(result.audio) / result.sample_rate:.1f} s at {result.sample_rate} Hz"
           f"{'; ' + note if note else ''}{windows}; inversion {t['inversion']:.1f} s, "
           f"denoising {t['denoising']:.1f} s, vocoding {t['vocoding']:.1f} s)", file=sys.stderr)
@@ -206,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sampler (default: the model's)")
     g.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),
                    help="UNet arithmetic: auto is bf16 where this CPU does bfloat16 natively (default: the model's)")
+    g.add_argument("--key", default=None, metavar="TONIC",
+                   help="for a model with key conditioning: the tonic to compose in (C, C#, D, Eb, ... B; 'none' "
+                        "leaves it to the model); the picture sets major or minor (default: drawn from the seed)")
     g.add_argument("--video", default=None, metavar="PATH.mp4", help="also write the image with the music as a video")
     g.add_argument("--spectrogram", default=None, metavar="PATH.png", help="also write a picture of the mel spectrogram")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary")

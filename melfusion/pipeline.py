@@ -31,6 +31,7 @@ from melfusion.errors import MelFusionError
 from melfusion.images import image_to_tensor, load_image
 from melfusion.long import (WINDOW_OVERLAP, WINDOW_TAIL_S, Held, crossfade_mels, level_after, level_at_start,
                             overlap_frames, plan_windows, tail_frames)
+from melfusion.music.keys import draw_keys, key_name, parse_key
 from melfusion.music.ldm import MusicLDM
 from melfusion.schedulers import SOLVERS, make_scheduler
 from melfusion.synapse import VisualSynapse
@@ -60,6 +61,7 @@ class MelFusionOutput:
     windows: list = field(default_factory=list)
     window_latents: list = field(default_factory=list)
     joins: list = field(default_factory=list)
+    keys: list = field(default_factory=list)  # each clip's tonic, for a model that takes one ("Eb", "none")
 
 
 # Control characters (NUL, escape sequences, bells; C0 and C1) mean nothing in a caption: spaces.
@@ -155,6 +157,7 @@ class _Guidance:
     guidance: float
     image_guidance: float | None
     bf16: bool
+    key: torch.Tensor | None = None  # (n_pass * batch,) tonic labels, for a model that takes them
 
 
 class MelFusionPipeline:
@@ -302,7 +305,8 @@ class MelFusionPipeline:
                  guidance_scale: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None,
                  progress: bool = True, image_guidance_scale: float | None = None, solver: str | None = None,
-                 precision: str | None = None, loudness_lufs: float | bool | None = None) -> MelFusionOutput:
+                 precision: str | None = None, loudness_lufs: float | bool | None = None,
+                 key=None) -> MelFusionOutput:
         """`image`: a path, PIL image or pixel tensor (a list of them for a list of captions), or
         None for the music with the picture absent (the null image; `has_null_image` says whether
         the model has one): the same seed gives the same starting noise either way, so the two
@@ -314,7 +318,9 @@ class MelFusionPipeline:
         always runs the DDIM steps the model was trained on. `loudness_lufs`: master the result
         to that integrated loudness (melfusion.audio.loudness: a 50 ms fade, peaks under -1 dBFS);
         None (the default, unless the model's defaults say `loudness_lufs`) or False leaves the
-        model's own output, which is what the evaluation scores."""
+        model's own output, which is what the evaluation scores. `key`: for a model that takes the
+        tonic (melfusion.music.keys), a tonic name ("Eb"), "none", or None / "random" for one drawn
+        from each clip's seed (a list: one per caption); the picture still sets the mode."""
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -343,6 +349,7 @@ class MelFusionPipeline:
             loudness_lufs = check_loudness(loudness_lufs)
         single = isinstance(prompt, str)
         prompts = [check_prompt(p) for p in ([prompt] if single else list(prompt))]
+        key_labels = self._key_labels(key, len(prompts), generator)
         no_image = image is None
         if no_image and not self.has_null_image:
             raise MelFusionError(self.no_null_image_reason())
@@ -406,7 +413,8 @@ class MelFusionPipeline:
 
             context, context_mask = append_image_tokens(context, context_mask, image_tokens.repeat(n_pass, 1, 1),
                                                         present)
-        cond = _Guidance(context, context_mask, present, n_pass, trajectory, image_kv, guidance, image_guidance, bf16)
+        cond = _Guidance(context, context_mask, present, n_pass, trajectory, image_kv, guidance, image_guidance, bf16,
+                         None if key_labels is None else torch.tensor(key_labels * n_pass, dtype=torch.long))
 
         # 4. Denoise from noise in the audio latent space (5. decode and vocode).
         if not long_piece:
@@ -434,7 +442,23 @@ class MelFusionPipeline:
             audio = master(audio, self.sample_rate, loudness_lufs)
             timings["mastering"] = time.perf_counter() - clock
         return MelFusionOutput(audio[0] if single else audio, self.sample_rate, log_mel, timings, windows,
-                               window_latents, joins)
+                               window_latents, joins, [key_name(k) for k in key_labels or []])
+
+    def _key_labels(self, key, batch: int, generator) -> list[int] | None:
+        """Each clip's tonic label (melfusion.music.keys), or None for a model without key conditioning."""
+        if not self.music.takes_key:
+            keys = key if isinstance(key, (list, tuple)) else [key]
+            if any(parse_key(k) is not None for k in keys):
+                raise MelFusionError("this model does not take a key (it was trained without key conditioning)")
+            return None
+        keys = list(key) if isinstance(key, (list, tuple)) else [key] * batch
+        if len(keys) != batch:
+            raise MelFusionError(f"{len(keys)} keys for {batch} captions")
+        labels = [parse_key(k) for k in keys]
+        if any(k is None for k in labels):
+            drawn = draw_keys(generator, batch)
+            labels = [d if k is None else k for k, d in zip(labels, drawn)]
+        return labels
 
     def no_null_image_reason(self) -> str:
         if self.conditioning not in ("synapse", "text"):
@@ -474,7 +498,7 @@ class MelFusionPipeline:
             model_in = latents.repeat(n_pass, *[1] * (latents.dim() - 1))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cond.bf16):
                 out = self.music.predict(scheduler.scale_model_input(model_in, t), t, cond.context, cond.context_mask,
-                                         kv, cond.present).float()
+                                         kv, cond.present, cond.key).float()
             if n_pass == 3:
                 uncond, text_only, full = out.chunk(3)
                 out = uncond + cond.guidance * (text_only - uncond) + cond.image_guidance * (full - text_only)

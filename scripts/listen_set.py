@@ -5,7 +5,8 @@ the music's scale is the record's mode, and the key-profile and onset gaps betwe
 
 The records' labels play the pictures' part: major/minor for warm/cool, driving/calm for busy/calm
 (melfusion.metrics.listeners.following); records with a `key` also give how often essentia hears
-that tonic and that key, with a `bpm` how the onset rate goes with the tempo. Each clip's reading is cached in GEN_DIR/listen.json.
+that tonic and that key (the tonic the clip was composed in, where GEN_DIR/keys.json gives it),
+with a `bpm` how the onset rate goes with the tempo. Each clip's reading is cached in GEN_DIR/listen.json.
 """
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+
+def _key(tonic: str | None, record: dict) -> str | None:
+    """The key a clip should be in: the tonic it was given (or the record's) in the record's mode."""
+    if tonic is None:
+        return record.get("key")
+    return None if tonic == "none" else f"{tonic} {record['mode']}"
 
 
 def main() -> int:
@@ -32,8 +40,10 @@ def main() -> int:
         if not entries:
             raise MelFusionError(f"{gen} holds no clips of the {args.split} split of {args.manifest}")
         heard = listen_folder(gen, [e.id for e in entries])
+        # A model with key conditioning composed in the keys generate-set wrote down.
+        given = json.loads((gen / "keys.json").read_text()) if (gen / "keys.json").is_file() else {}
         rows = [{**heard[e.id], "warm": e.record["mode"] == "major", "busy": e.record["energy"] == "driving",
-                 "key": e.record.get("key"), "bpm": e.record.get("bpm")} for e in entries]
+                 "key": _key(given.get(e.id), e.record), "bpm": e.record.get("bpm")} for e in entries]
     except MelFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,7 +86,7 @@ def test_listen_folder_reads_each_clip_once_and_keeps_its_readings(tmp_path):
 
 
 def test_pitch_class_reads_sharps_and_flats_alike():
-    from melfusion.metrics.listeners import pitch_class
+    from melfusion.music.keys import pitch_class
 
     assert [pitch_class(n) for n in ("C", "C#", "Db", "Eb", "F#", "Gb", "Ab", "Bb", "B")] == [0, 1, 1, 3, 6, 6, 8, 10, 11]
     with pytest.raises(MelFusionError):

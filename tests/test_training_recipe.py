@@ -167,3 +167,42 @@ def test_a_checkpoint_exports_the_model_the_finished_run_would_save(tmp_path, ma
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(MelFusionError, match="holds no checkpoint"):
         export_checkpoint(_config(tmp_path, manifest, "none"), tmp_path / "x", progress=False)
+
+
+def test_key_conditioning_trains_the_tonic_from_the_records_and_the_model_composes_in_it(tmp_path, manifest):
+    import numpy as np
+
+    from melfusion.music.keys import NO_KEY, has_key
+    from melfusion.pipeline import MelFusionPipeline
+    from melfusion.training.stages import make_stage, stage_data
+    from melfusion.training.trainer import load_entries, load_init, param_groups, train
+
+    keyed = tmp_path / "keyed.jsonl"
+    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["key"] = ("Eb minor", "A major", "C major")[i % 3]
+        for k in ("image", "audio"):
+            r[k] = str(Path(manifest).parent / r[k])
+    keyed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _config(tmp_path, keyed, "keyed", conditioning="text", key_conditioning=True, key_lr=5e-2, drop_key=0.25)
+    pipe = load_init(cfg)
+    assert has_key(pipe.music.unet)
+    tr, va = load_entries(cfg)
+    stage = make_stage(cfg, pipe, stage_data(cfg, pipe, tr, va, Path(cfg.cache_dir), progress=False))
+    assert stage.data["train_key"].tolist() == [(3, 9, 0)[i % 3] for i in range(len(tr))]
+    groups = param_groups(cfg, stage, stage.trainable())
+    assert groups[-1]["lr"] == 5e-2 and len(groups[-1]["params"]) == 1
+    model = train(cfg, progress=False)
+    saved = MelFusionPipeline.from_pretrained(model)
+    lean = MelFusionPipeline.from_pretrained(model, lean=True)
+    emb = saved.music.unet.class_embedding.weight.detach()
+    # The trained tonics moved off zero; the tonics no record has (and "none", dropped to) differ from them.
+    assert float(emb[[3, 9, 0]].abs().max()) > 1e-3 and float(emb[1].abs().max()) < float(emb[3].abs().max())
+    assert float(emb[NO_KEY].abs().max()) > 0
+
+    def compose(p, key):
+        return p(image=None, prompt="a piece for strings", duration_s=1.0, num_inference_steps=3, key=key,
+                 generator=torch.Generator().manual_seed(0), progress=False).audio
+    a, b = compose(saved, "Eb"), compose(saved, "A")
+    assert np.abs(a - b).max() > 1e-4
+    assert np.abs(compose(lean, "Eb") - a).max() < 1e-4

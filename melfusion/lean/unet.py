@@ -270,6 +270,9 @@ class LeanUNet(nn.Module):
         self.flip_sin_to_cos, self.freq_shift = bool(cfg.get("flip_sin_to_cos", True)), float(cfg.get("freq_shift", 0))
         self.conv_in = nn.Conv2d(int(cfg.get("in_channels", 4)), boc[0], 3, padding=1)
         self.time_embedding = _TimeEmbedding(boc[0], temb)
+        # A class label added to the timestep embedding (melfusion's key: melfusion.music.keys).
+        n_classes = cfg.get("num_class_embeds")
+        self.class_embedding = nn.Embedding(int(n_classes), temb) if n_classes else None
 
         def transformer(ch, i, cross_only=False):
             return Transformer2D(ch, int(heads[i]), int(layers_tf[i]), ctx, groups, linear, cross_only)
@@ -333,12 +336,17 @@ class LeanUNet(nn.Module):
         return self.conv_in.weight.device
 
     # -- the function ----------------------------------------------------------------------------
-    def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask=None, return_dict=True):
+    def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask=None, return_dict=True,
+                class_labels=None):
         b = sample.shape[0]
         t = timestep if torch.is_tensor(timestep) else torch.tensor(timestep)
         t = t.reshape(-1).to(sample.device).expand(b) if t.numel() == 1 else t.to(sample.device)
         temb = self.time_embedding(timestep_embedding(t, self.conv_in.out_channels, self.flip_sin_to_cos,
                                                       self.freq_shift).to(sample.dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("class_labels should be provided when num_class_embeds > 0")
+            temb = temb + self.class_embedding(class_labels.reshape(-1).to(sample.device)).to(temb.dtype)
         bias = None
         if encoder_attention_mask is not None:
             bias = ((1 - encoder_attention_mask.to(sample.dtype)) * MASK_BIAS)[:, None]
@@ -380,7 +388,8 @@ def _check(cfg: Config) -> None:
             ("reverse_transformer_layers_per_block", (None,), None), ("downsample_padding", (1,), 1),
             ("use_linear_projection", (False, True), False)):
         require(cfg, key, allowed, default)
-    for key in ("addition_embed_type", "class_embed_type", "num_class_embeds", "time_cond_proj_dim",
+    require(cfg, "class_embeddings_concat", (False,), False)
+    for key in ("addition_embed_type", "class_embed_type", "time_cond_proj_dim",
                 "timestep_post_act", "time_embedding_act_fn", "time_embedding_dim", "encoder_hid_dim",
                 "encoder_hid_dim_type", "cross_attention_norm", "projection_class_embeddings_input_dim"):
         require(cfg, key, (None,), None)

@@ -46,6 +46,7 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 
 SETTINGS_FILE = "generate-set.json"
+KEYS_FILE = "keys.json"  # each clip's tonic, for a model with key conditioning
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -98,8 +99,10 @@ def _generate_set(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from melfusion.atomic import atomic_file
     from melfusion.audio.io import write_wav
     from melfusion.loading import load_model, quiet_libraries
+    from melfusion.music.keys import key_name, record_tonic
     from melfusion.images import load_image
     from melfusion.metrics.evaluate import load_reference
     from melfusion.pipeline import check_duration, check_prompt
@@ -132,7 +135,8 @@ def _generate_set(args) -> int:
                 "weights": weights_digest(args.model)}
     # Settings added later count only when given, so folders made before them still resume.
     settings.update({k: v for k, v in (("solver", args.solver), ("precision", args.precision),
-                                       ("vocoder_iters", args.vocoder_iters)) if v is not None})
+                                       ("vocoder_iters", args.vocoder_iters),
+                                       ("keys", None if args.keys == "seed" else args.keys)) if v is not None})
     if args.vocoder_iters is not None and args.vocoder_iters < 1:
         raise MelFusionError("--vocoder-iters must be at least 1")
     _check_settings(out, settings)
@@ -146,6 +150,10 @@ def _generate_set(args) -> int:
         if not hasattr(pipe.vocoder, "n_iter"):
             raise MelFusionError("--vocoder-iters is for Griffin-Lim vocoders; this model's vocoder has no iterations")
         pipe.vocoder.n_iter = args.vocoder_iters
+    if args.keys == "record" and not pipe.music.takes_key:
+        raise MelFusionError("--keys record is for a model with key conditioning; this one takes no key")
+    keys_file = out / KEYS_FILE
+    keys_used = json.loads(keys_file.read_text()) if keys_file.is_file() else {}
     bar = tqdm(total=len(todo), desc="generate-set", unit="clip", disable=args.quiet, file=sys.stderr)
     for start in range(0, len(todo), args.batch_size):
         batch = todo[start:start + args.batch_size]
@@ -155,9 +163,14 @@ def _generate_set(args) -> int:
                       prompt=[check_prompt(e.record["caption"]) for e in batch],
                       duration_s=args.duration, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       image_guidance_scale=args.image_guidance, generator=generators, progress=False,
-                      solver=args.solver, precision=args.precision)
+                      solver=args.solver, precision=args.precision,
+                      key=[key_name(record_tonic(e.record)) for e in batch] if args.keys == "record" else None)
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
+        if result.keys:
+            keys_used.update({e.id: k for e, k in zip(batch, result.keys)})
+            with atomic_file(keys_file) as tmp:
+                tmp.write_text(json.dumps(keys_used, indent=1, sort_keys=True) + "\n")
         bar.update(len(batch))
     bar.close()
     print(f"{out}: {len(todo)} made, {len(entries) - len(todo)} already there", file=sys.stderr)
@@ -203,6 +216,9 @@ def add_eval_commands(sub) -> None:
                    help="clips composed together (a clip does not depend on its batch; no faster on 2 CPU cores)")
     g.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
                    help="the control of appendix E.5: give each record another record's image")
+    g.add_argument("--keys", default="seed", choices=("seed", "record"),
+                   help="for a model with key conditioning: each clip's tonic drawn from its seed (the default, as a "
+                        "user gets it) or the record's own; the keys used go to OUT/keys.json")
     g.add_argument("--shard", default=None, metavar="K/N",
                    help="make only every N-th record from the K-th (run N processes, K = 0..N-1, on one folder)")
     g.add_argument("--quiet", action="store_true")

@@ -18,21 +18,13 @@ from __future__ import annotations
 import numpy as np
 
 from melfusion.errors import MelFusionError
+from melfusion.music.keys import pitch_class
 
 # Krumhansl and Kessler's probe-tone profiles, tonic first.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 KEYS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-_LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 ESSENTIA_RATE = 44100
-
-
-def pitch_class(name: str) -> int:
-    """0-11 for a tonic's name: "C", "F#", "Eb", "Bb" (sharps and flats alike; "Gb" == "F#")."""
-    name = name.strip()
-    if not name or name[0].upper() not in _LETTERS or any(c not in "#b" for c in name[1:]):
-        raise MelFusionError(f"not a tonic name: {name!r}")
-    return (_LETTERS[name[0].upper()] + name.count("#") - name[1:].count("b")) % 12
 
 
 def _corr_all_keys(chroma: np.ndarray, profile: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from melfusion.errors import MelFusionError
+from melfusion.music.keys import NO_KEY, has_key
 from melfusion.synapse import VisualSynapse
 
 ImageKV = list  # per synapse layer (keys, values), each (batch, tokens, image_dim)
@@ -94,10 +95,21 @@ class MusicLDM(torch.nn.Module):
     def num_train_timesteps(self) -> int:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
-    def predict(self, latents, t, text, text_mask, image_kv: ImageKV | None, image_present=None):
-        """One UNet evaluation: `(batch, c, frames, mels)` latent at timestep(s) `t` -> model output."""
+    @property
+    def takes_key(self) -> bool:
+        """Whether the UNet reads the tonic (melfusion.music.keys)."""
+        return has_key(self.unet)
+
+    def predict(self, latents, t, text, text_mask, image_kv: ImageKV | None, image_present=None, key=None):
+        """One UNet evaluation: `(batch, c, frames, mels)` latent at timestep(s) `t` -> model output.
+        `key` (batch,): tonic labels for a UNet that reads them (None: NO_KEY); ignored otherwise."""
+        extra = {}
+        if self.takes_key:
+            if key is None:
+                key = torch.full((latents.shape[0],), NO_KEY, dtype=torch.long)
+            extra["class_labels"] = key.to(latents.device, torch.long)
         with self.synapse.condition(image_kv, image_present):
-            return self.unet(latents, t, encoder_hidden_states=text, encoder_attention_mask=text_mask).sample
+            return self.unet(latents, t, encoder_hidden_states=text, encoder_attention_mask=text_mask, **extra).sample
 
     def training_loss(self, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                       null_text: torch.Tensor, null_mask: torch.Tensor,
@@ -105,7 +117,8 @@ class MusicLDM(torch.nn.Module):
                       dropout: ConditionDropout = ConditionDropout(),
                       generator: torch.Generator | None = None,
                       timesteps: torch.Tensor | None = None,
-                      image_tokens: torch.Tensor | None = None, return_clean: bool = False):
+                      image_tokens: torch.Tensor | None = None, return_clean: bool = False,
+                      key: torch.Tensor | None = None, drop_key: float = 0.0):
         """The diffusion loss for one batch.
 
         latents: clean audio latents `(batch, c, f, m)`; text, text_mask: caption tokens
@@ -131,7 +144,10 @@ class MusicLDM(torch.nn.Module):
         if image_tokens is not None:
             text, text_mask = append_image_tokens(text, text_mask, image_tokens, keep_image)
         image_kv = image_features(timesteps) if image_features is not None else None
-        output = self.predict(noisy, timesteps, text, text_mask, image_kv, keep_image)
+        if key is not None and drop_key:
+            dropped = torch.rand(b, generator=generator) < drop_key
+            key = torch.where(dropped, torch.full_like(key, NO_KEY), key)
+        output = self.predict(noisy, timesteps, text, text_mask, image_kv, keep_image, key)
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "v_prediction":

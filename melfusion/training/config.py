@@ -84,6 +84,11 @@ class TrainConfig:
     reader: str | None = None
     reader_weight: float = 0.0
     reader_heads: list[str] | None = None
+    # issue 12, beyond the paper: the music UNet reads each clip's tonic (melfusion.music.keys), a
+    # zero-started key embedding added when the init model has none; dropped to "no key" at `drop_key`
+    key_conditioning: bool = False
+    drop_key: float = 0.1
+    key_lr: float | None = None           # the key embedding's own learning rate (None: `lr`); it starts at zero
     source: str = field(default="", repr=False)  # the file it was read from
 
     @property
@@ -106,7 +111,8 @@ class TrainConfig:
         # Keys added after checkpoints existed: unset, they leave the digest as it was.
         for later, unset in (("alpha_lr", None), ("synapse_lr", None), ("init_parts", None),
                              ("high_noise_weight", 0.0), ("harmony_weight", 0.0), ("harmony_batch", 8),
-                             ("reader", None), ("reader_weight", 0.0), ("reader_heads", None)):
+                             ("reader", None), ("reader_weight", 0.0), ("reader_heads", None),
+                             ("key_conditioning", False), ("drop_key", 0.1), ("key_lr", None)):
             if data.get(later) == unset:
                 data.pop(later, None)
         if portable and self.source:
@@ -217,6 +223,12 @@ def validate(cfg: TrainConfig) -> None:
         bad = [h for h in (cfg.reader_heads or []) if h not in LABELS]
         if bad or cfg.reader_heads == []:
             raise MelFusionError(f"{where}: reader_heads must name some of {', '.join(LABELS)}")
+    if cfg.key_conditioning and cfg.stage != "music":
+        raise MelFusionError(f"{where}: key_conditioning is for the music stage")
+    if not 0 <= cfg.drop_key <= 1:
+        raise MelFusionError(f"{where}: drop_key must be between 0 and 1")
+    if cfg.key_lr is not None and not cfg.key_lr > 0:
+        raise MelFusionError(f"{where}: key_lr must be > 0")
     if cfg.synapse_lr is not None and not cfg.synapse_lr > 0:
         raise MelFusionError(f"{where}: synapse_lr must be > 0")
     if cfg.lr <= 0 or not 0 <= cfg.ema_decay < 1:

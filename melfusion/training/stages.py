@@ -216,7 +216,8 @@ class MusicStage(Stage):
             latents, text, mask, self.data["null_text"], self.data["null_mask"],
             self._features(split, idx, tokens), dropout or self.dropout, generator, timesteps,
             image_tokens=tokens if self.cfg.conditioning in TOKENS_IN_CAPTION else None,
-            return_clean=harmony or read)
+            return_clean=harmony or read, key=self.data[split + "_key"][idx] if split + "_key" in self.data else None,
+            drop_key=self.cfg.drop_key if split == "train" else 0.0)
         if harmony or read:
             loss, extras = loss
             clean = extras["clean"]
@@ -318,6 +319,10 @@ def stage_data(cfg: TrainConfig, pipe, train, val, cache_dir, progress=True) -> 
                 lambda: {"z": caches.build_audio_latents(m, pipe.audio_vae, progress=progress)})["z"]
             t = text(split, [e.record["caption"] for e in rows[split]], enc)
             out[split + "_text"], out[split + "_mask"] = t["emb"], t["mask"]
+            if pipe.music.takes_key:
+                from melfusion.music.keys import record_tonic
+
+                out[split + "_key"] = torch.tensor([record_tonic(e.record) for e in rows[split]], dtype=torch.long)
             if cfg.harmony_weight and split == "train":
                 from melfusion.music.harmony import latent_frame_profiles, pitch_class_map
 

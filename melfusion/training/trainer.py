@@ -57,8 +57,8 @@ class EMA:
 
 
 def param_groups(cfg: TrainConfig, stage, params: list) -> list[dict]:
-    """One group, plus one for the alphas when `alpha_lr` is set and one for the synapse's image
-    projections when `synapse_lr` is: AdamW moves a parameter by about its learning rate per step,
+    """One group, plus one for the alphas when `alpha_lr` is set, one for the synapse's image
+    projections when `synapse_lr` is and one for the key embedding when `key_lr` is: AdamW moves a parameter by about its learning rate per step,
     so at the UNet's rate a synapse alpha's logit can hardly leave its start, and projections that
     start at zero grow slowly."""
     names = {id(p): name for name, p in stage.named_parameters()}
@@ -76,6 +76,12 @@ def param_groups(cfg: TrainConfig, stage, params: list) -> list[dict]:
     if cfg.synapse_lr is not None:
         groups.append({"params": [p for p in rest if is_projection(p)], "lr": cfg.synapse_lr})
         rest = [p for p in rest if not is_projection(p)]
+    if cfg.key_lr is not None:
+        def is_key(p):
+            return names.get(id(p), "").endswith("class_embedding.weight")
+
+        groups.append({"params": [p for p in rest if is_key(p)], "lr": cfg.key_lr})
+        rest = [p for p in rest if not is_key(p)]
     return [{"params": rest}] + [g for g in groups if g["params"]]
 
 
@@ -224,6 +230,10 @@ def load_init(cfg: TrainConfig):
         from melfusion.synapse import SynapseConfig, VisualSynapse
 
         scheduler_config = dict(pipe.music.scheduler_config)
+        if cfg.key_conditioning:
+            from melfusion.music.keys import with_key_embedding
+
+            pipe.music.unet = with_key_embedding(pipe.music.unet)
         if cfg.prediction_type:
             scheduler_config["prediction_type"] = cfg.prediction_type
         syn_cfg = SynapseConfig(blocks=cfg.synapse_blocks, alpha=cfg.synapse_alpha,
