@@ -8,7 +8,8 @@
 #
 # It starts from the shipped default's frozen T2I model and its audio VAE (stages 1-3 of the first
 # recipe, scripts/train_small_v1.sh, made them); the stages here: the audio VAE trained 1,000 steps
-# further, the text-only music pretrain, then MeLFusion and its text-only baseline, both
+# further, the text-only music pretrain (2,000 steps, then 4,000 more with the tonic as a
+# condition), then MeLFusion and its text-only baseline, both
 # continued from the pretrain for the same steps. Export only when EXPORT=1 (the default ships
 # only after it wins on the bars: docs/model-card.md).
 set -euo pipefail
@@ -22,7 +23,7 @@ mkdir -p runs/logs
 $mf data synth --n 2000 --out data/synthmel-2000 --seed 0 --quiet
 $mf data synth --n 10000 --out data/synthmel-10000 --seed 0 --quiet
 # 2. The stages, in order; each starts from the previous stage's saved model.
-for stage in ${STAGES:-audio_vae-long music-pretrain music-finetune music-finetune-text-only}; do
+for stage in ${STAGES:-audio_vae-long music-pretrain music-pretrain-key music-finetune music-finetune-text-only}; do
   $mf train --config "configs/small/$stage.toml" --resume
 done
 if [ "${EXPORT:-0}" = 1 ]; then
