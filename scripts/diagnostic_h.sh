@@ -7,23 +7,13 @@
 # threads, so it can run beside the pretrain.
 #
 #   scripts/diagnostic_h.sh          # results in runs/eval/diag-h/*.json
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/link_state.sh
-mf=.venv/bin/melfusion
-py=.venv/bin/python
-N=${N:-96}
+source "$(dirname "${BASH_SOURCE[0]}")/diag_start.sh"
 out=runs/eval/diag-h
-mkdir -p "$out" runs/logs
+mkdir -p "$out"
 m=data/synthmel-10000-modecap/manifest.jsonl
 [ -f $m ] || $py scripts/mode_captions.py data/synthmel-10000/manifest.jsonl data/synthmel-10000-modecap
-snap=runs/small/music-pretrain/snapshot-1700
-[ -f $snap/model_index.json ] || { echo "error: $snap is missing (see scripts/diagnostic_f.sh)" >&2; exit 2; }
+need_snapshot 1700
 model=runs/small/diag-h-keyed/model
 [ -f $model/model_index.json ] \
   || OMP_NUM_THREADS=${THREADS:-1} $mf train --config configs/small/diag-h-keyed.toml --resume --quiet
-if [ ! -f "$out/keyed-listeners.json" ]; then
-  $mf generate-set --manifest $m --split val --limit "$N" --model $model --out "$out/keyed" --keys record
-  $mf evaluate --generated "$out/keyed" --reference $m --split val --subset --out "$out/keyed-judges.json"
-  $py scripts/listen_set.py "$out/keyed" --manifest $m --split val --out "$out/keyed-listeners.json"
-fi
+judge "$out/keyed" $m "$out/keyed" --model $model --keys record

@@ -2,13 +2,7 @@
 # start. Strict mode, the repository root, the state links, $mf, $py, $N (validation clips, 96 by
 # default), the data (SynthMeL 2,000 and its captions stating the mode), and the further-trained
 # audio VAE. All of it resumes.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/link_state.sh
-mf=.venv/bin/melfusion
-py=.venv/bin/python
-N=${N:-96}
-mkdir -p runs/logs
+source "$(dirname "${BASH_SOURCE[0]}")/diag_start.sh"
 $mf data synth --n 2000 --out data/synthmel-2000 --seed 0 --quiet
 [ -f data/synthmel-2000-modecap/manifest.jsonl ] \
   || $py scripts/mode_captions.py data/synthmel-2000/manifest.jsonl data/synthmel-2000-modecap
