@@ -150,6 +150,9 @@ def cmd_info(args) -> int:
     print(f"  {'total':<18} {sum(counts.values()):>15,}  ({sum(counts.values()) / 1e6:8.2f} M)")
     syn = pipe.music.synapse
     print(f"visual synapse: {len(syn.config.layers)} decoder cross-attention layers, alpha {syn.config.alpha}")
+    trained = args.model and not any(p.is_meta for p in syn.parameters())
+    for name, alpha, (k, v) in zip(syn.config.layers, syn.alphas(), syn.projection_norms()) if trained else ():
+        print(f"  {name.split('.transformer_blocks')[0]:<26} alpha {alpha:.3f}  |W_k image| {k:7.3f}  |W_v image| {v:7.3f}")
     d = pipe.defaults
     image = f", image guidance {d['image_guidance_scale']}" if d.get("image_guidance_scale") is not None else ""
     print(f"defaults: {d['num_inference_steps']} steps, guidance {d['guidance_scale']}{image}, {d['duration_s']} s")

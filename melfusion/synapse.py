@@ -280,6 +280,12 @@ class VisualSynapse(torch.nn.Module):
     def alphas(self) -> list[float]:
         return [float(layer.alpha.detach()) for layer in self.layers]
 
+    def projection_norms(self) -> list[tuple[float, float]]:
+        """Per layer, the Frobenius norms of the image key and value projections (zero while the
+        image path is as it started from a text-only checkpoint)."""
+        return [(float(layer.to_k_image.weight.detach().norm()), float(layer.to_v_image.weight.detach().norm()))
+                for layer in self.layers]
+
     def save_pretrained(self, directory: str | Path) -> None:
         save_module(self, self.config, directory, CONFIG_NAME, WEIGHTS_NAME)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 
 from melfusion.cli import main
@@ -138,3 +139,21 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path, capsys):
                  "--steps", "1", "--duration", "1", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: cannot write") and "\n" not in err  # before any model loads
+
+
+def test_info_prints_each_synapse_layers_alpha_and_image_projection_norms(tmp_path, capsys):
+    from melfusion import presets
+
+    pipe = presets.build("tiny", seed=0)
+    syn = pipe.music.synapse
+    syn.zero_projections()
+    with torch.no_grad():
+        syn.layers[0].alpha_logit.fill_(2.0)  # sigmoid(2) = 0.881
+        syn.layers[0].to_v_image.weight.fill_(0.5)
+    pipe.save_pretrained(tmp_path / "model")
+    assert main(["info", "--model", str(tmp_path / "model")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " alpha " in line and "|W_v image|" in line]
+    assert len(rows) == len(syn.layers) >= 2
+    v = 0.5 * syn.layers[0].to_v_image.weight.numel() ** 0.5
+    assert "alpha 0.881" in rows[0] and f"|W_v image| {v:7.3f}" in rows[0] and "|W_k image|   0.000" in rows[0]
+    assert "alpha 0.500" in rows[1] and "|W_v image|   0.000" in rows[1]
