@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 12's measurements end to end, after scripts/train_small.sh has finished both fine-tunes.
+# Resumable (finished clips and reports are kept). On the two cores about 45 minutes.
+#   1. the SynthMeL test split (first 300 records): MeLFusion, the text-only baseline continued
+#      from the same checkpoint for the same steps, and the shuffled-image control, judged by the
+#      SynthMeL judges (scripts/evaluate_small.sh with ISSUE=12: the bars, PASS or MISS), and
+#      each folder read by the independent listeners (scripts/listen_set.py);
+#   2. pictures in styles SynthMeL never draws and graded photographs (scripts/heldout_listen.py);
+#   3. the learned alphas and the image projections' norms per synapse layer (melfusion info).
+#
+#   scripts/evaluate_issue12.sh                      # results in runs/eval/issue12
+#   MODEL=DIR BASELINE=DIR OUT=DIR scripts/evaluate_issue12.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/link_state.sh
+MODEL=${MODEL:-runs/small/music-finetune/model}
+BASELINE=${BASELINE:-runs/small/music-finetune-text-only/model}
+OUT=${OUT:-runs/eval/issue12}
+M=data/synthmel-2000/manifest.jsonl
+for m in "$MODEL" "$BASELINE"; do
+  [ -f "$m/model_index.json" ] || { echo "error: $m is not a saved model: finish scripts/train_small.sh first" >&2; exit 2; }
+done
+mkdir -p "$OUT"
+ISSUE=12 MODEL=$MODEL BASELINE=$BASELINE OUT=$OUT JOBS=${JOBS:-2} scripts/evaluate_small.sh | tee "$OUT/bars.txt"
+for name in melfusion text-only shuffled-images; do
+  [ -f "$OUT/$name-listeners.json" ] \
+    || .venv/bin/python scripts/listen_set.py "$OUT/$name" --manifest $M --split test --out "$OUT/$name-listeners.json"
+done
+.venv/bin/python scripts/heldout_listen.py --model "$MODEL" --baseline "$BASELINE" --out "$OUT/heldout"
+.venv/bin/melfusion info --model "$MODEL" | tee "$OUT/info.txt"
