@@ -3,6 +3,8 @@ stage, against the code before the speed work (issue 13) measured in the same ru
 
     .venv/bin/python benchmarks/bench_generate.py [--before REV] [--cold 5] [--repeats 3] [--duration 10]
     .venv/bin/python benchmarks/bench_generate.py --presets tiny small      # warm only, random weights
+    .venv/bin/python benchmarks/bench_generate.py --presets default runs/small/music-finetune/model --before ''
+                                               # a saved model beside the shipped one, cold and warm
 
 Cold: a fresh process runs `melfusion generate` on the bundled example post, from the
 interpreter's start to the WAV on disk (what a user of the README's command waits, less
@@ -40,7 +42,10 @@ def measure(preset: str, duration: float, repeats: int, steps: int | None) -> di
     from melfusion.images import load_image
     from melfusion.loading import load_model
 
-    pipe = load_model(None) if preset == "default" else presets.build(preset)
+    if preset == "default" or Path(preset).is_dir():
+        pipe = load_model(None if preset == "default" else preset)
+    else:
+        pipe = presets.build(preset)
     image = load_image(str(ROOT / "examples/beach-post.png"))
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pipe(image=image, prompt=PROMPT, duration_s=1.0, num_inference_steps=2, progress=False)  # warm-up
@@ -67,9 +72,16 @@ def _env(tree: Path | None) -> dict:
     return env
 
 
-def cold_once(tree: Path | None, duration: float, out: Path) -> float:
+def saved(preset: str) -> bool:
+    """The shipped default or a saved model folder (not a randomly initialised preset)."""
+    return preset == "default" or Path(preset).is_dir()
+
+
+def cold_once(tree: Path | None, duration: float, out: Path, model: str = "default") -> float:
     cmd = [sys.executable, "-m", "melfusion.cli", "generate", "--image", str(ROOT / "examples/beach-post.png"),
            "--text", PROMPT, "--out", str(out), "--duration", str(duration), "--quiet"]
+    if model != "default":
+        cmd += ["--model", str(Path(model).resolve())]
     clock = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tree), cwd=str(tree or ROOT))
     wall = time.perf_counter() - clock
@@ -121,11 +133,14 @@ def main():
                     if tree is not None and preset != "default":
                         continue  # random presets: their code path is the same before and after
                     warm.append(dict(code=label, **warm_once(tree, preset, args.duration, args.repeats, args.steps)))
-            cold = {label: [] for label in trees}
-            if "default" in args.presets:
-                for _ in range(args.cold):
+            cold = {}
+            for _ in range(args.cold):
+                for preset in filter(saved, args.presets):
                     for label, tree in trees.items():
-                        cold[label].append(cold_once(tree, args.duration, Path(tmp) / f"{label}.wav"))
+                        if tree is not None and preset != "default":
+                            continue  # the code before reads only the model it shipped with
+                        name = label if preset == "default" else f"{label}: {preset}"
+                        cold.setdefault(name, []).append(cold_once(tree, args.duration, Path(tmp) / "cold.wav", preset))
         finally:
             if args.before:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(tmp) / "before")],

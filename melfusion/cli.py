@@ -264,8 +264,8 @@ def run_command(args) -> int:
     except MelFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = getattr(args, "on_interrupt", None)
+    except KeyboardInterrupt as exc:  # training's graceful stop says where its checkpoint is
+        hint = str(exc) or getattr(args, "on_interrupt", None)
         print("error: interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130
     except OSError as exc:  # a full disk, a folder we may not write to, ...

@@ -195,3 +195,39 @@ def test_a_run_resumes_after_its_tree_moves_or_its_data_becomes_a_link(tmp_path)
     assert c.manifest == str(tmp_path / "three" / "data" / "set" / "manifest.jsonl")
     # Checkpoints written before (absolute paths in the digest) are still recognised in place.
     assert a.fingerprints[1] != a.fingerprint and a.fingerprints[1] != b.fingerprints[1]
+
+
+def test_sigterm_saves_the_finished_step_and_resume_ends_at_the_same_weights(tmp_path, manifest):
+    """A polite stop (SIGTERM, as `kill` or a scheduler sends it; Ctrl-C is the same) loses no step:
+    the step in flight finishes and is checkpointed though it is not a checkpoint step."""
+    common = dict(steps=10, checkpoint_every=100, log_every=1, val_every=100)
+    straight = _config(tmp_path, manifest, "straight", **common)
+    assert _train(["--config", str(straight)], timeout=600).returncode == 0
+    stopped = _config(tmp_path, manifest, "stopped", **common)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "melfusion", "train", "--quiet", "--config", str(stopped)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "stopped" / "log.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted") and "--resume" in lines[0], err
+    saved = sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir())
+    assert len(saved) == 1 and 2 <= int(saved[0].split("-")[1]) < 10  # not a multiple of checkpoint_every
+    assert f"step {int(saved[0].split('-')[1])} of 10" in lines[0]
+    assert not (tmp_path / "stopped" / "model").exists()
+    resumed = _train(["--config", str(stopped), "--resume"], timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(tmp_path / "straight" / "model" / "unet/diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "stopped" / "model" / "unet/diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # resuming a finished run does nothing: the exported model and the log stay as they are
+    weights = tmp_path / "stopped" / "model" / "unet/diffusion_pytorch_model.safetensors"
+    before = (weights.stat().st_mtime_ns, log.read_text())
+    again = _train(["--config", str(stopped), "--resume"], timeout=600)
+    assert again.returncode == 0 and "model saved in" in again.stderr
+    assert (weights.stat().st_mtime_ns, log.read_text()) == before

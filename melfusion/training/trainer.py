@@ -11,6 +11,8 @@ import csv
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +150,43 @@ def save_checkpoint(out_dir: Path, step: int, state: dict, keep: int) -> Path:
     for old in checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on a signal after saving a checkpoint of the step it had finished."""
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) or SIGTERM while training: the step in flight finishes, a checkpoint of it is
+    saved, then training stops. A second signal stops at once (the last periodic checkpoint stays)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def requested(self, accelerator, world: int) -> bool:
+        """Whether any process received a signal (every process must stop at the same step)."""
+        if world == 1:
+            return self.received is not None
+        flag = torch.tensor([float(self.received is not None)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum").item() > 0)
+
+    def __exit__(self, *exc) -> bool:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
 
 
 class Logger:
@@ -320,6 +359,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if resume and existing:
         state = load_checkpoint(cfg, existing[-1])
         start_step = int(state["step"])
+        final = out_dir / "model"
+        if start_step >= cfg.steps and (final / "model_index.json").is_file():
+            return final  # finished and exported (atomically): nothing left to do
     train_rows, val_rows = load_entries(cfg)
     if len(train_rows) < cfg.batch_size * world:
         raise MelFusionError(f"{len(train_rows)} training records are too few for batch size "
@@ -354,40 +396,53 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     clock, clock_step = time.perf_counter(), start_step
     seen = []
-    for step in range(start_step, cfg.steps):
-        idx = batch_indices(step, n_train, cfg.batch_size, rank, world, cfg.seed)
-        seen += [train_rows[i].id for i in idx.tolist()]
-        generator = torch.Generator().manual_seed(as_numpy_seed(cfg.seed, step, rank))
-        loss = model(idx, generator)
-        accelerator.backward(loss)
-        if cfg.grad_clip:
-            accelerator.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(step)
-        done = step + 1
-        validate = done % cfg.val_every == 0 or done == cfg.steps
-        if done % cfg.log_every == 0 or validate:
-            mean_loss = accelerator.reduce(loss.detach(), "mean").item()
-            if not math.isfinite(mean_loss):
-                raise MelFusionError(f"the loss became {mean_loss} at step {done}; lower lr or check the data")
-            rate = (done - clock_step) / max(1e-9, time.perf_counter() - clock)
-            clock, clock_step = time.perf_counter(), done
-            values = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "steps_per_s": rate,
-                      **stage.log_values()}
-            if validate:
-                values["val_loss"] = stage.val_loss(val_idx)
-            logger.log(done, values)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-        bar.update(1)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            if accelerator.is_main_process:
-                save_checkpoint(out_dir, done, {
-                    "step": done, "fingerprint": cfg.fingerprint, "config_source": cfg.source, "architecture": arch,
-                    "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "ema": ema.state_dict()}, cfg.keep_checkpoints)
-            accelerator.wait_for_everyone()
+
+    def checkpoint(done: int) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(out_dir, done, {
+                "step": done, "fingerprint": cfg.fingerprint, "config_source": cfg.source, "architecture": arch,
+                "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "ema": ema.state_dict()}, cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    with StopSignal() as stop:
+        for step in range(start_step, cfg.steps):
+            idx = batch_indices(step, n_train, cfg.batch_size, rank, world, cfg.seed)
+            seen += [train_rows[i].id for i in idx.tolist()]
+            generator = torch.Generator().manual_seed(as_numpy_seed(cfg.seed, step, rank))
+            loss = model(idx, generator)
+            accelerator.backward(loss)
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(step)
+            done = step + 1
+            validate = done % cfg.val_every == 0 or done == cfg.steps
+            if done % cfg.log_every == 0 or validate:
+                mean_loss = accelerator.reduce(loss.detach(), "mean").item()
+                if not math.isfinite(mean_loss):
+                    raise MelFusionError(f"the loss became {mean_loss} at step {done}; lower lr or check the data")
+                rate = (done - clock_step) / max(1e-9, time.perf_counter() - clock)
+                clock, clock_step = time.perf_counter(), done
+                values = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "steps_per_s": rate,
+                          **stage.log_values()}
+                if validate:
+                    values["val_loss"] = stage.val_loss(val_idx)
+                logger.log(done, values)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+            bar.update(1)
+            periodic = done % cfg.checkpoint_every == 0 or done == cfg.steps
+            if periodic:
+                checkpoint(done)
+            if done < cfg.steps and stop.requested(accelerator, world):
+                if not periodic:
+                    checkpoint(done)
+                bar.close()
+                logger.close()
+                raise TrainingStopped(f"a checkpoint of step {done} of {cfg.steps} is saved in {out_dir}; "
+                                      "rerun with --resume to continue")
     bar.close()
     logger.close()
     if cfg.trace_data:
