@@ -561,7 +561,7 @@ class MelFusionPipeline:
             "t2i unet": count(self.t2i.unet),
             "t2i vae": count(self.t2i.vae),
         }
-        if self.t2i.text_encoder is not None and self.t2i.text_encoder is not self.text_encoder:
+        if self.t2i.text_encoder is not None and self.t2i.text_encoder.model is not self.text_encoder.model:
             counts["t2i text encoder"] = count(self.t2i.text_encoder.model)
         counts.update({
             "music unet": count(self.music.unet),

@@ -104,3 +104,45 @@ def test_the_default_samples_fast_but_inverts_as_it_was_trained():
     fast = _music(pipe, num_inference_steps=None)
     assert seen == [12]
     assert np.abs(fast - _music(pipe, solver="ddim", num_inference_steps=12, precision="fp32")).max() > 1e-3
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_two_sides_on_one_source_at_different_lengths_share_the_weights(tmp_path, lean):
+    """The keyed and fine-tuned small models read captions at 77 tokens and the frozen T2I side at
+    32: MiniLM is loaded once and each side keeps its own length."""
+    from melfusion.text.encoders import load_text_encoder
+
+    model = tmp_path / "m"
+    MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR).save_pretrained(model)
+    settings = model / "text_encoder" / "melfusion_text.json"
+    saved = json.loads(settings.read_text())
+    settings.write_text(json.dumps(dict(saved, max_length=77)))
+    pipe = MelFusionPipeline.from_pretrained(model, lean=lean)
+    music, t2i = pipe.text_encoder, pipe.t2i.text_encoder
+    assert (music.max_length, t2i.max_length) == (77, 32)
+    assert music.model is t2i.model
+    prompt = ["a calm piano piece at dusk " * 8]  # longer than 32 tokens
+    alone = load_text_encoder(model / "t2i" / "text_encoder", lean)
+    a, mask = t2i.encode(prompt)
+    b, mask_b = alone.encode(prompt)
+    assert a.shape[1] == 32 and torch.equal(a, b) and torch.equal(mask, mask_b)
+    c, mask_c = music.encode(prompt)
+    assert c.shape[1] == 77 and int(mask_c.sum()) > 32
+    counts = pipe.parameter_counts()
+    assert "t2i text encoder" not in counts
+
+
+def test_loading_a_keyed_model_leaves_torch_dynamo_unimported(tmp_path):
+    """Built on meta, no initialiser runs: normal_ on meta (the key embedding's) would import
+    torch._dynamo, about a second of a cold start."""
+    from melfusion.music.keys import with_key_embedding
+
+    pipe = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)  # a text encoder the lean runtime reads
+    pipe.music.unet = with_key_embedding(pipe.music.unet)
+    pipe.save_pretrained(tmp_path / "m")
+    code = ("import sys; from melfusion.pipeline import MelFusionPipeline; "
+            f"p = MelFusionPipeline.from_pretrained(r'{tmp_path / 'm'}', lean=True); "
+            "print(type(p.music.unet).__name__, p.music.takes_key, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "LeanUNet True False"

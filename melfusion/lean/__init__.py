@@ -47,10 +47,26 @@ def require(config: dict, key: str, allowed, default=None):
     return value
 
 
+# torch.nn.init's in-place initialisers. On the meta device some of them (normal_) go through
+# torch._refs, whose first use imports torch._dynamo: about a second of a cold start, for
+# values the weights then replace.
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                 "sparse_")
+
+
 def build_on_meta(factory):
     """Build a module without allocating or initialising its parameters."""
-    with torch.device("meta"):
-        return factory()
+    init = torch.nn.init
+    saved = {name: getattr(init, name) for name in _INITIALISERS if hasattr(init, name)}
+    try:
+        for name in saved:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            return factory()
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
 
 
 def assign_weights(module: torch.nn.Module, state: dict, what: str, dtype=torch.float32) -> torch.nn.Module:

@@ -398,6 +398,12 @@ class LeanTextEncoder(nn.Module):
     def device(self):
         return next(self.model.parameters()).device
 
+    def with_length(self, max_length: int) -> "LeanTextEncoder":
+        """This encoder at another caption length, on the same weights (nothing is loaded or copied)."""
+        if int(max_length) == self.max_length:
+            return self
+        return type(self)(self.model, self.tokenizer, int(max_length), self.source)
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenizer.encode(list(prompts), self.max_length)

@@ -18,7 +18,7 @@ from melfusion.errors import MelFusionError
 from melfusion.lean import load_unet, load_vae
 from melfusion.schedulers import make_scheduler
 from melfusion.t2i.capture import KVCaptureProcessor, KVStore, decoder_self_attention_names
-from melfusion.text.encoders import TextEncoder, load_text_encoder, text_encoder_key
+from melfusion.text.encoders import TextEncoder, load_text_encoder, shared_text_encoder, text_encoder_key
 
 
 @dataclass
@@ -167,7 +167,7 @@ class TextToImageModel(torch.nn.Module):
                         text_encoders: dict | None = None) -> "TextToImageModel":
         """`lean`: the lean runtime's UNet and VAE where they cover the configs (no diffusers
         import). `text_encoders`: encoders already loaded, by `text_encoder_key`; one that reads
-        the same weights at the same length is shared instead of loaded twice."""
+        the same weights is shared (at this model's caption length) instead of loaded twice."""
         directory = Path(directory)
         for part in ("unet", "vae", "scheduler", "text_encoder"):
             if not (directory / part).is_dir():
@@ -181,8 +181,7 @@ class TextToImageModel(torch.nn.Module):
         except (OSError, ValueError, json.JSONDecodeError) as exc:
             raise MelFusionError(f"cannot load the text-to-image model in {directory}: "
                                  f"{str(exc).splitlines()[0]}") from None
-        key = text_encoder_key(directory / "text_encoder")
-        text_encoder = (text_encoders or {}).get(key) if key is not None else None
+        text_encoder = shared_text_encoder(text_encoder_key(directory / "text_encoder"), text_encoders)
         if text_encoder is None:
             text_encoder = load_text_encoder(directory / "text_encoder", lean)
         return cls(unet, vae, scheduler_config, text_encoder)

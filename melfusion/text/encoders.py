@@ -80,7 +80,8 @@ def text_length(requested: int | None, settings: dict, tokenizer) -> int:
 
 
 def text_encoder_key(directory: str | Path):
-    """What makes two saved text encoders the same: a shared source and length (None: weights of their own)."""
+    """What a saved text encoder reads: `(source, max_length)`, or None for weights of its own.
+    Two encoders with the same source share their weights (`shared_text_encoder`)."""
     try:
         settings = read_settings(directory)
     except MelFusionError:
@@ -88,6 +89,18 @@ def text_encoder_key(directory: str | Path):
     if not settings.get("source"):
         return None
     return settings["source"], settings.get("max_length")
+
+
+def shared_text_encoder(key, loaded: dict | None):
+    """An encoder in `loaded` (by `text_encoder_key`) that reads the same source as `key`, at
+    `key`'s caption length (the same weights, loaded once), or None."""
+    if key is None:
+        return None
+    source, length = key
+    for (other_source, other_length), encoder in (loaded or {}).items():
+        if other_source == source and (length == other_length or (length is not None and other_length is not None)):
+            return encoder.with_length(length) if length is not None else encoder
+    return None
 
 
 def load_text_encoder(directory: str | Path, lean: bool = False):
@@ -135,6 +148,12 @@ class TextEncoder(torch.nn.Module):
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    def with_length(self, max_length: int) -> "TextEncoder":
+        """This encoder at another caption length, on the same weights (nothing is loaded or copied)."""
+        if int(max_length) == self.max_length:
+            return self
+        return type(self)(self.model, self.tokenizer, int(max_length), self.source)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
