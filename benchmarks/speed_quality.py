@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROWS = {  # name: (solver, steps, precision, vocoder iterations)
+ROWS = {  # name: (solver, steps, precision, vocoder iterations[, guided steps])
     "ddim-12 fp32 gl16 (before)": ("ddim", 12, "fp32", 16),
     "ddim-12 fp32 gl32": ("ddim", 12, "fp32", 32),
     "ddim-12 bf16 gl32": ("ddim", 12, "bf16", 32),
@@ -31,6 +31,9 @@ ROWS = {  # name: (solver, steps, precision, vocoder iterations)
     "unipc-6 bf16+vae gl16": ("unipc", 6, "bf16", 16),
     "dpm++2m-8 bf16 gl16": ("dpm++2m", 8, "bf16", 16),
     "dpm++2m-5 bf16+vae gl16": ("dpm++2m", 5, "bf16", 16),
+    # guidance on the first N steps only (--guided-steps), the later ones one conditional pass
+    "dpm++2m-6 bf16+vae gl16 guided-4": ("dpm++2m", 6, "bf16", 16, 4),
+    "dpm++2m-6 bf16+vae gl16 guided-3": ("dpm++2m", 6, "bf16", 16, 3),
 }
 
 
@@ -51,7 +54,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     mf = [sys.executable, "-m", "melfusion.cli"]
     rows = {}
-    for name, (solver, steps, precision, iters) in ROWS.items():
+    for name, (solver, steps, precision, iters, *guided) in ROWS.items():
         if args.only and name not in args.only and slug(name) not in args.only:
             continue
         folder = out / slug(name)
@@ -59,6 +62,7 @@ def main():
         cmd = [*mf, "generate-set", "--manifest", args.manifest, "--split", args.split, "--limit", str(args.n),
                "--out", str(folder), "--solver", solver, "--steps", str(steps), "--precision", precision,
                "--vocoder-iters", str(iters), "--quiet"] + (["--model", args.model] if args.model else [])
+        cmd += ["--guided-steps", str(guided[0])] if guided else []
         before = len(list(folder.glob("*.wav"))) if folder.is_dir() else 0
         clock = time.perf_counter()
         subprocess.run(cmd, check=True)

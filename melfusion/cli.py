@@ -85,6 +85,8 @@ def cmd_generate(args) -> int:
         check_duration(args.duration)
     if args.seed < 0:
         raise MelFusionError("--seed must be a non-negative integer")
+    if args.guided_steps is not None and args.guided_steps < 0:
+        raise MelFusionError(f"--guided-steps: guided steps must be a whole number >= 0, got {args.guided_steps}")
     if args.key is not None:
         from melfusion.music.keys import parse_key
 
@@ -96,7 +98,7 @@ def cmd_generate(args) -> int:
     settings = dict(prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
                     guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
                     progress=not args.quiet, solver=args.solver, precision=args.precision, loudness_lufs=loudness,
-                    key=args.key)
+                    key=args.key, guided_steps=args.guided_steps)
     n = args.variations
     for i in range(1, n + 1):
         seed = args.seed + i - 1
@@ -200,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--image-guidance", type=float, default=None,
                    help="a separate guidance scale for the image (one more model pass per step; default: the model's)")
+    g.add_argument("--guided-steps", type=int, default=None, metavar="N",
+                   help="guidance on the first N steps only, the later ones one pass each (faster; default: the "
+                        "model's, else every step)")
     g.add_argument("--duration", type=float, default=None,
                    help="seconds of audio, up to 120; past the model's window (its trained length, 10 s) the piece "
                         "is composed window by window, each continuing the last (default: the model's)")

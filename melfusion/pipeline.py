@@ -158,6 +158,14 @@ class _Guidance:
     image_guidance: float | None
     bf16: bool
     key: torch.Tensor | None = None  # (n_pass * batch,) tonic labels, for a model that takes them
+    guided_steps: int | None = None  # guidance on the first N steps only, the rest conditional (None: all)
+
+    def last_pass(self) -> "_Guidance":
+        """The fully conditioned pass alone (caption and picture, batch b): an unguided step."""
+        b = self.context.shape[0] // self.n_pass
+        return _Guidance(self.context[-b:], self.context_mask[-b:], self.present[-b:], 1, self.trajectory,
+                         self.image_kv, self.guidance, self.image_guidance, self.bf16,
+                         None if self.key is None else self.key[-b:])
 
 
 class MelFusionPipeline:
@@ -306,7 +314,7 @@ class MelFusionPipeline:
                  generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None,
                  progress: bool = True, image_guidance_scale: float | None = None, solver: str | None = None,
                  precision: str | None = None, loudness_lufs: float | bool | None = None,
-                 key=None) -> MelFusionOutput:
+                 key=None, guided_steps: int | None = None) -> MelFusionOutput:
         """`image`: a path, PIL image or pixel tensor (a list of them for a list of captions), or
         None for the music with the picture absent (the null image; `has_null_image` says whether
         the model has one): the same seed gives the same starting noise either way, so the two
@@ -320,7 +328,10 @@ class MelFusionPipeline:
         None (the default, unless the model's defaults say `loudness_lufs`) or False leaves the
         model's own output, which is what the evaluation scores. `key`: for a model that takes the
         tonic (melfusion.music.keys), a tonic name ("Eb"), "none", or None / "random" for one drawn
-        from each clip's seed (a list: one per caption); the picture still sets the mode."""
+        from each clip's seed (a list: one per caption); the picture still sets the mode.
+        `guided_steps`: classifier-free guidance on the first N denoising steps only, the later
+        (low-noise) ones a single conditional pass (default: the model's saved choice, else every
+        step); N >= the steps is plain guidance throughout, 0 none at all."""
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -335,6 +346,12 @@ class MelFusionPipeline:
         image_guidance = None if image_guidance_scale is None else float(image_guidance_scale)
         if image_guidance is not None and (not math.isfinite(image_guidance) or not 0 <= image_guidance <= 50):
             raise MelFusionError(f"image guidance scale must be between 0 and 50, got {image_guidance}")
+        if guided_steps is None:
+            guided_steps = d.get("guided_steps")
+        if guided_steps is not None:
+            if isinstance(guided_steps, bool) or not isinstance(guided_steps, int) or guided_steps < 0:
+                raise MelFusionError(f"guided steps must be a whole number >= 0, got {guided_steps!r}")
+            guided_steps = None if guided_steps >= steps else guided_steps
         solver = d.get("solver") or "ddim" if solver is None else solver
         if solver not in SOLVERS:
             raise MelFusionError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
@@ -414,7 +431,8 @@ class MelFusionPipeline:
             context, context_mask = append_image_tokens(context, context_mask, image_tokens.repeat(n_pass, 1, 1),
                                                         present)
         cond = _Guidance(context, context_mask, present, n_pass, trajectory, image_kv, guidance, image_guidance, bf16,
-                         None if key_labels is None else torch.tensor(key_labels * n_pass, dtype=torch.long))
+                         None if key_labels is None else torch.tensor(key_labels * n_pass, dtype=torch.long),
+                         guided_steps if n_pass > 1 else None)
 
         # 4. Denoise from noise in the audio latent space (5. decode and vocode).
         if not long_piece:
@@ -490,21 +508,23 @@ class MelFusionPipeline:
         latents = noise * scheduler.init_noise_sigma
         if held is not None:
             latents = held.apply(latents, level_at_start(scheduler))
-        n_pass = cond.n_pass
+        unguided = cond.last_pass() if cond.guided_steps is not None else None
         for i, t in enumerate(scheduler.timesteps):
-            kv = self.image_features(cond.trajectory, int(t)) if cond.trajectory is not None else cond.image_kv
+            step = cond if unguided is None or i < cond.guided_steps else unguided
+            n_pass = step.n_pass
+            kv = self.image_features(step.trajectory, int(t)) if step.trajectory is not None else step.image_kv
             if n_pass > 1 and kv is not None:
                 kv = [(k.repeat(n_pass, *[1] * (k.dim() - 1)), v.repeat(n_pass, *[1] * (v.dim() - 1))) for k, v in kv]
             model_in = latents.repeat(n_pass, *[1] * (latents.dim() - 1))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cond.bf16):
-                out = self.music.predict(scheduler.scale_model_input(model_in, t), t, cond.context, cond.context_mask,
-                                         kv, cond.present, cond.key).float()
+                out = self.music.predict(scheduler.scale_model_input(model_in, t), t, step.context, step.context_mask,
+                                         kv, step.present, step.key).float()
             if n_pass == 3:
                 uncond, text_only, full = out.chunk(3)
-                out = uncond + cond.guidance * (text_only - uncond) + cond.image_guidance * (full - text_only)
+                out = uncond + step.guidance * (text_only - uncond) + step.image_guidance * (full - text_only)
             elif n_pass == 2:
                 uncond, c = out.chunk(2)
-                out = uncond + cond.guidance * (c - uncond)
+                out = uncond + step.guidance * (c - uncond)
             latents = scheduler.step(out, t, latents).prev_sample
             if held is not None:
                 latents = held.apply(latents, level_after(scheduler, i))

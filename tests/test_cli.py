@@ -157,3 +157,16 @@ def test_info_prints_each_synapse_layers_alpha_and_image_projection_norms(tmp_pa
     v = 0.5 * syn.layers[0].to_v_image.weight.numel() ** 0.5
     assert "alpha 0.881" in rows[0] and f"|W_v image| {v:7.3f}" in rows[0] and "|W_k image|   0.000" in rows[0]
     assert "alpha 0.500" in rows[1] and "|W_v image|   0.000" in rows[1]
+
+
+def test_generate_guided_steps_changes_the_music_and_refuses_a_negative_count(tmp_path, capsys):
+    assert _generate(tmp_path, "--loudness", "off", out="all.wav") == 0
+    assert _generate(tmp_path, "--loudness", "off", "--guided-steps", "2", out="two.wav") == 0
+    assert _generate(tmp_path, "--loudness", "off", "--guided-steps", "1", out="one.wav") == 0
+    every, two, one = (sf.read(str(tmp_path / f))[0] for f in ("all.wav", "two.wav", "one.wav"))
+    assert np.array_equal(every, two)  # 2 of 2 steps guided: plain guidance
+    assert np.abs(every - one).max() > 1e-4
+    capsys.readouterr()
+    assert _generate(tmp_path, "--guided-steps", "-1", out="bad.wav") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "guided steps" in err[0] and not (tmp_path / "bad.wav").exists()

@@ -77,6 +77,30 @@ def test_a_separate_image_guidance_scale_splits_the_two_terms(tiny_pipe, example
         _run(tiny_pipe, example_image, image_guidance_scale=-1.0)
 
 
+@pytest.mark.parametrize("image_guidance", [None, 6.0])
+def test_guidance_on_the_first_steps_only(tiny_pipe, example_image, monkeypatch, image_guidance):
+    kw = dict(num_inference_steps=6, guidance_scale=3.0, image_guidance_scale=image_guidance)
+    passes = 3 if image_guidance is not None else 2
+    every = _run(tiny_pipe, example_image, **kw).log_mel
+    assert torch.equal(every, _run(tiny_pipe, example_image, guided_steps=6, **kw).log_mel)
+    assert torch.equal(every, _run(tiny_pipe, example_image, guided_steps=60, **kw).log_mel)
+    batches = []
+    predict = tiny_pipe.music.predict
+    monkeypatch.setattr(tiny_pipe.music, "predict", lambda latents, *a, **k: batches.append(len(latents))
+                        or predict(latents, *a, **k))
+    some = _run(tiny_pipe, example_image, guided_steps=4, **kw).log_mel
+    assert batches == [passes] * 4 + [1] * 2  # the last two steps: one conditional pass each
+    monkeypatch.undo()
+    # None guided: the caption and the picture's conditional pass at every step, guidance 1's music.
+    none = _run(tiny_pipe, example_image, guided_steps=0, **kw).log_mel
+    unguided = _run(tiny_pipe, example_image, num_inference_steps=6, guidance_scale=1.0).log_mel
+    assert torch.equal(none, unguided)
+    assert (some - every).abs().mean() > 1e-5 and (some - none).abs().mean() > 1e-5
+    for bad in (-1, 2.5, True):
+        with pytest.raises(MelFusionError, match="guided steps"):
+            _run(tiny_pipe, example_image, guided_steps=bad, **kw)
+
+
 def test_batch_of_prompts(tiny_pipe, example_image):
     out = tiny_pipe(image=[example_image, example_image], prompt=["jazz", "rock"], duration_s=1.0,
                     num_inference_steps=2, generator=torch.Generator().manual_seed(0), progress=False)

@@ -135,8 +135,10 @@ def _generate_set(args) -> int:
                 "weights": weights_digest(args.model)}
     # Settings added later count only when given, so folders made before them still resume.
     settings.update({k: v for k, v in (("solver", args.solver), ("precision", args.precision),
-                                       ("vocoder_iters", args.vocoder_iters),
+                                       ("vocoder_iters", args.vocoder_iters), ("guided_steps", args.guided_steps),
                                        ("keys", None if args.keys == "seed" else args.keys)) if v is not None})
+    if args.guided_steps is not None and args.guided_steps < 0:
+        raise MelFusionError(f"--guided-steps: guided steps must be a whole number >= 0, got {args.guided_steps}")
     if args.vocoder_iters is not None and args.vocoder_iters < 1:
         raise MelFusionError("--vocoder-iters must be at least 1")
     _check_settings(out, settings)
@@ -163,7 +165,7 @@ def _generate_set(args) -> int:
                       prompt=[check_prompt(e.record["caption"]) for e in batch],
                       duration_s=args.duration, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       image_guidance_scale=args.image_guidance, generator=generators, progress=False,
-                      solver=args.solver, precision=args.precision,
+                      solver=args.solver, precision=args.precision, guided_steps=args.guided_steps,
                       key=[key_name(record_tonic(e.record)) for e in batch] if args.keys == "record" else None)
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
@@ -209,6 +211,8 @@ def add_eval_commands(sub) -> None:
     g.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the model's)")
     g.add_argument("--seed", type=int, default=0, help="each record's seed is a hash of this and its id")
     g.add_argument("--solver", default=None, choices=("ddim", "dpm++2m", "unipc"), help="the sampler (default: the model's)")
+    g.add_argument("--guided-steps", type=int, default=None, metavar="N",
+                   help="guidance on the first N steps only (default: the model's, else every step)")
     g.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),
                    help="UNet arithmetic (default: the model's)")
     g.add_argument("--vocoder-iters", type=int, default=None, help="Griffin-Lim phase iterations (default: the model's)")
