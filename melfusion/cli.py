@@ -61,7 +61,7 @@ def cmd_generate(args) -> int:
 
     from melfusion.audio.io import write_wav
     from melfusion.images import load_image
-    from melfusion.pipeline import check_duration, check_prompt
+    from melfusion.pipeline import check_duration, check_guided_steps, check_prompt
 
     out = check_output(args.out, "--out")
     plain = check_output(args.without_image, "--without-image") if args.without_image else None
@@ -85,8 +85,7 @@ def cmd_generate(args) -> int:
         check_duration(args.duration)
     if args.seed < 0:
         raise MelFusionError("--seed must be a non-negative integer")
-    if args.guided_steps is not None and args.guided_steps < 0:
-        raise MelFusionError(f"--guided-steps: guided steps must be a whole number >= 0, got {args.guided_steps}")
+    check_guided_steps(args.guided_steps)
     if args.key is not None:
         from melfusion.music.keys import parse_key
 

@@ -134,6 +134,14 @@ class _quiet_diffusers:
             dlogging.set_verbosity(self.saved)
 
 
+def check_guided_steps(guided_steps) -> int | None:
+    """`guided_steps`: None (every step guided) or a whole number >= 0."""
+    if guided_steps is not None and (isinstance(guided_steps, bool) or not isinstance(guided_steps, int)
+                                     or guided_steps < 0):
+        raise MelFusionError(f"guided steps must be a whole number >= 0, got {guided_steps!r}")
+    return guided_steps
+
+
 def check_duration(duration_s: float, limit: float = MAX_LONG_DURATION_S) -> float:
     """A piece's length: up to 120 s (past the model's window it is composed window by window);
     `limit=MAX_DURATION_S` for what one window may be."""
@@ -346,12 +354,9 @@ class MelFusionPipeline:
         image_guidance = None if image_guidance_scale is None else float(image_guidance_scale)
         if image_guidance is not None and (not math.isfinite(image_guidance) or not 0 <= image_guidance <= 50):
             raise MelFusionError(f"image guidance scale must be between 0 and 50, got {image_guidance}")
-        if guided_steps is None:
-            guided_steps = d.get("guided_steps")
-        if guided_steps is not None:
-            if isinstance(guided_steps, bool) or not isinstance(guided_steps, int) or guided_steps < 0:
-                raise MelFusionError(f"guided steps must be a whole number >= 0, got {guided_steps!r}")
-            guided_steps = None if guided_steps >= steps else guided_steps
+        guided_steps = check_guided_steps(d.get("guided_steps") if guided_steps is None else guided_steps)
+        if guided_steps is not None and guided_steps >= steps:
+            guided_steps = None  # every step guided
         solver = d.get("solver") or "ddim" if solver is None else solver
         if solver not in SOLVERS:
             raise MelFusionError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")

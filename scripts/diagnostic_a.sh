@@ -5,12 +5,7 @@
 # SynthMeL judges and the independent listeners. About 40 min of both cores.
 #
 #   scripts/diagnostic_a.sh          # results in runs/eval/diag-a/*.json
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/link_state.sh
-mf=.venv/bin/melfusion
-py=.venv/bin/python
-N=${N:-96}
+source "$(dirname "${BASH_SOURCE[0]}")/diag_start.sh"
 out=runs/eval/diag-a
 mkdir -p "$out"
 [ -f data/synthmel-10000-modecap/manifest.jsonl ] \

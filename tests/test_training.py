@@ -37,6 +37,13 @@ def _train(args, env_extra=None, **kw):
                           capture_output=True, text=True, **kw)
 
 
+def _start_train(config, stderr):
+    """`melfusion train` on `config` in the background, to be signalled mid-run."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "melfusion", "train", "--quiet", "--config", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+
+
 @pytest.mark.parametrize("stage", ["audio_vae", "image_vae", "t2i", "music"])
 def test_each_stage_trains_logs_and_saves_a_loadable_model(tmp_path, manifest, stage):
     from melfusion.pipeline import MelFusionPipeline
@@ -73,9 +80,7 @@ def test_sigkill_then_resume_ends_at_the_same_weights(tmp_path, manifest):
     straight = _config(tmp_path, manifest, "straight", **common)
     assert _train(["--config", str(straight)], timeout=600).returncode == 0
     killed = _config(tmp_path, manifest, "killed", **common)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "melfusion", "train", "--quiet", "--config", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _start_train(killed, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpts.is_dir() and any(p.name.startswith("step-0000004") for p in ckpts.iterdir())):
@@ -204,9 +209,7 @@ def test_sigterm_saves_the_finished_step_and_resume_ends_at_the_same_weights(tmp
     straight = _config(tmp_path, manifest, "straight", **common)
     assert _train(["--config", str(straight)], timeout=600).returncode == 0
     stopped = _config(tmp_path, manifest, "stopped", **common)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "melfusion", "train", "--quiet", "--config", str(stopped)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _start_train(stopped, stderr=subprocess.PIPE)
     log = tmp_path / "stopped" / "log.csv"
     deadline = time.time() + 300
     while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):

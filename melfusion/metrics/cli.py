@@ -105,7 +105,7 @@ def _generate_set(args) -> int:
     from melfusion.music.keys import key_name, record_tonic
     from melfusion.images import load_image
     from melfusion.metrics.evaluate import load_reference
-    from melfusion.pipeline import check_duration, check_prompt
+    from melfusion.pipeline import check_duration, check_guided_steps, check_prompt
 
     if args.seed < 0:
         raise MelFusionError("--seed must be a non-negative integer")
@@ -137,8 +137,7 @@ def _generate_set(args) -> int:
     settings.update({k: v for k, v in (("solver", args.solver), ("precision", args.precision),
                                        ("vocoder_iters", args.vocoder_iters), ("guided_steps", args.guided_steps),
                                        ("keys", None if args.keys == "seed" else args.keys)) if v is not None})
-    if args.guided_steps is not None and args.guided_steps < 0:
-        raise MelFusionError(f"--guided-steps: guided steps must be a whole number >= 0, got {args.guided_steps}")
+    check_guided_steps(args.guided_steps)
     if args.vocoder_iters is not None and args.vocoder_iters < 1:
         raise MelFusionError("--vocoder-iters must be at least 1")
     _check_settings(out, settings)

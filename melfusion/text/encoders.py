@@ -98,8 +98,12 @@ def shared_text_encoder(key, loaded: dict | None):
         return None
     source, length = key
     for (other_source, other_length), encoder in (loaded or {}).items():
-        if other_source == source and (length == other_length or (length is not None and other_length is not None)):
-            return encoder.with_length(length) if length is not None else encoder
+        if other_source != source:
+            continue
+        if length is not None:
+            return encoder.with_length(length)
+        if other_length is None:  # both at the tokenizer's default length
+            return encoder
     return None
 
 

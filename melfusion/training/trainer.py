@@ -351,6 +351,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     out_dir = Path(cfg.out_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
+    final = out_dir / "model"
     existing = checkpoints(out_dir)
     start_step, state = 0, None
     if existing and not resume:
@@ -359,7 +360,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if resume and existing:
         state = load_checkpoint(cfg, existing[-1])
         start_step = int(state["step"])
-        final = out_dir / "model"
         if start_step >= cfg.steps and (final / "model_index.json").is_file():
             return final  # finished and exported (atomically): nothing left to do
     train_rows, val_rows = load_entries(cfg)
@@ -453,7 +453,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             {"rank": rank, "world": world, "ids": seen, "weights": digest(accelerator.unwrap_model(model))}))
     ema.copy_to_params()
     stage.export(pipe)
-    final = out_dir / "model"
     if accelerator.is_main_process:
         pipe.save_pretrained(final)
     accelerator.wait_for_everyone()
