@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Issue 12's measurements end to end, after scripts/train_small.sh has finished both fine-tunes.
-# Resumable (finished clips and reports are kept). On the two cores about 45 minutes.
+# Resumable (finished clips and reports are kept). On the two cores about 65 minutes.
+#   0. the model's default image guidance, picked on 96 validation records by a rule fixed
+#      beforehand (scripts/pick_image_guidance.py --write; PICK=0 skips it), so that nothing is
+#      chosen on the test split;
 #   1. the SynthMeL test split (first 300 records): MeLFusion, the text-only baseline continued
 #      from the same checkpoint for the same steps, and the shuffled-image control, judged by the
 #      SynthMeL judges (scripts/evaluate_small.sh with ISSUE=12: the bars, PASS or MISS), and
@@ -21,6 +24,9 @@ for m in "$MODEL" "$BASELINE"; do
   [ -f "$m/model_index.json" ] || { echo "error: $m is not a saved model: finish scripts/train_small.sh first" >&2; exit 2; }
 done
 mkdir -p "$OUT"
+if [ "${PICK:-1}" = 1 ]; then
+  .venv/bin/python scripts/pick_image_guidance.py --model "$MODEL" --out "$OUT-val" --write | tee "$OUT/pick.txt"
+fi
 ISSUE=12 MODEL=$MODEL BASELINE=$BASELINE OUT=$OUT JOBS=${JOBS:-2} scripts/evaluate_small.sh | tee "$OUT/bars.txt"
 for name in melfusion text-only shuffled-images; do
   [ -f "$OUT/$name-listeners.json" ] \
