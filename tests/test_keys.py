@@ -1,5 +1,6 @@
 """Key conditioning (melfusion.music.keys): the tonic as a class label of the music UNet."""
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,13 @@ def test_the_training_loss_reads_the_key_and_drops_it(keyed_pipe):
     assert a != b and loss(torch.tensor([0, 4, 9])) == a
     # Dropped at probability 1, every key is NO_KEY: the loss of no key at all.
     assert loss(torch.tensor([0, 4, 9]), drop=1.0) == loss(None)
+
+
+def test_the_demo_says_which_key_it_composed_in(keyed_pipe, tiny_pipe, tmp_path):
+    from melfusion.apps.demo import Composer
+
+    example = str(Path(__file__).parents[1] / "examples" / "beach-post.png")
+    status = Composer(keyed_pipe, out_root=tmp_path)(example, "calm piano", 1.0, 3, 2, 3.0)[-1]
+    drawn = key_name(draw_keys(torch.Generator().manual_seed(3), 1)[0])
+    assert f"key of {drawn})" in status
+    assert "key of" not in Composer(tiny_pipe, out_root=tmp_path)(example, "calm piano", 1.0, 3, 2, 3.0)[-1]

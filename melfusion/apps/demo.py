@@ -162,8 +162,10 @@ class Composer:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         seconds = len(audio) / result.sample_rate
+        keys = getattr(result, "keys", None)
+        key = f", key of {keys[0]}" if keys else ""  # a model that takes the tonic
         status = (f"Composed {seconds:.1f} s of music in {compose_s:.1f} s "
-                  f"(seed {seed}, {int(steps)} steps, guidance {float(guidance):g}).")
+                  f"(seed {seed}, {int(steps)} steps, guidance {float(guidance):g}{key}).")
         return str(wav), str(png), str(wav), str(mp4), status
 
     def master(self, audio, sample_rate):
