@@ -1,5 +1,6 @@
 """`melfusion generate-set` and `melfusion evaluate`: resumable, deterministic generation; clear refusals."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -41,7 +42,10 @@ def test_generate_set_is_resumable_and_deterministic(fixture, tmp_path, capsys):
     capsys.readouterr()
     # A rerun over the whole split makes only the missing clips and leaves the other alone.
     assert _generate(manifest, tmp_path / "a") == 0
-    assert "2 made, 1 already there" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 made, 1 already there" in err
+    took = re.search(r"in (\d+) s \((\d+\.\d\d) s a clip, loading included\)", err)
+    assert took and float(took.group(2)) > 0 and abs(float(took.group(2)) * 2 - float(took.group(1))) <= 1
     assert (tmp_path / "a" / "fx-000.wav").stat().st_mtime_ns == first
     assert not list((tmp_path / "a").glob(".tmp-*"))
     # fx-002 made alone in another run (the others already there) is the same clip: its seed is its id's

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 from melfusion.errors import MelFusionError
@@ -146,6 +147,7 @@ def _generate_set(args) -> int:
         print(f"{out}: all {len(entries)} clips already there", file=sys.stderr)
         return 0
     quiet_libraries()
+    clock = time.perf_counter()
     pipe = load_model(args.model, seed=args.seed)
     if args.vocoder_iters is not None:
         if not hasattr(pipe.vocoder, "n_iter"):
@@ -174,7 +176,9 @@ def _generate_set(args) -> int:
                 tmp.write_text(json.dumps(keys_used, indent=1, sort_keys=True) + "\n")
         bar.update(len(batch))
     bar.close()
-    print(f"{out}: {len(todo)} made, {len(entries) - len(todo)} already there", file=sys.stderr)
+    took = time.perf_counter() - clock
+    print(f"{out}: {len(todo)} made, {len(entries) - len(todo)} already there, in {took:.0f} s "
+          f"({took / len(todo):.2f} s a clip, loading included)", file=sys.stderr)
     return 0
 
 
