@@ -97,7 +97,7 @@ def cmd_generate(args) -> int:
     settings = dict(prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
                     guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
                     progress=not args.quiet, solver=args.solver, precision=args.precision, loudness_lufs=loudness,
-                    key=args.key, guided_steps=args.guided_steps)
+                    key=args.key, guided_steps=args.guided_steps, key_guidance=on_off(args.key_guidance))
     n = args.variations
     for i in range(1, n + 1):
         seed = args.seed + i - 1
@@ -119,6 +119,11 @@ def cmd_generate(args) -> int:
             write_wav(numbered(plain, i, n), alone.audio, alone.sample_rate)
             _report(args, numbered(plain, i, n), alone, seed if n > 1 else None, "without the picture")
     return 0
+
+
+def on_off(value: str | None) -> bool | None:
+    """A flag's "on" / "off" (None: the model's default)."""
+    return None if value is None else value == "on"
 
 
 def _report(args, path, result, seed=None, what: str = "") -> None:
@@ -223,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--key", default=None, metavar="TONIC",
                    help="for a model with key conditioning: the tonic to compose in (C, C#, D, Eb, ... B; 'none' "
                         "leaves it to the model); the picture sets major or minor (default: drawn from the seed)")
+    g.add_argument("--key-guidance", default=None, choices=("on", "off"),
+                   help="for a model with key conditioning: guide towards the tonic too (the unconditional pass "
+                        "drops the key; no extra pass; default: the model's)")
     g.add_argument("--video", default=None, metavar="PATH.mp4", help="also write the image with the music as a video")
     g.add_argument("--spectrogram", default=None, metavar="PATH.png", help="also write a picture of the mel spectrogram")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary")

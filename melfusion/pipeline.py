@@ -31,7 +31,7 @@ from melfusion.errors import MelFusionError
 from melfusion.images import image_to_tensor, load_image
 from melfusion.long import (WINDOW_OVERLAP, WINDOW_TAIL_S, Held, crossfade_mels, level_after, level_at_start,
                             overlap_frames, plan_windows, tail_frames)
-from melfusion.music.keys import draw_keys, key_name, parse_key
+from melfusion.music.keys import NO_KEY, draw_keys, key_name, parse_key
 from melfusion.music.ldm import MusicLDM
 from melfusion.schedulers import SOLVERS, make_scheduler
 from melfusion.synapse import VisualSynapse
@@ -322,7 +322,7 @@ class MelFusionPipeline:
                  generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None,
                  progress: bool = True, image_guidance_scale: float | None = None, solver: str | None = None,
                  precision: str | None = None, loudness_lufs: float | bool | None = None,
-                 key=None, guided_steps: int | None = None) -> MelFusionOutput:
+                 key=None, guided_steps: int | None = None, key_guidance: bool | None = None) -> MelFusionOutput:
         """`image`: a path, PIL image or pixel tensor (a list of them for a list of captions), or
         None for the music with the picture absent (the null image; `has_null_image` says whether
         the model has one): the same seed gives the same starting noise either way, so the two
@@ -339,7 +339,10 @@ class MelFusionPipeline:
         from each clip's seed (a list: one per caption); the picture still sets the mode.
         `guided_steps`: classifier-free guidance on the first N denoising steps only, the later
         (low-noise) ones a single conditional pass (default: the model's saved choice, else every
-        step); N >= the steps is plain guidance throughout, 0 none at all."""
+        step); N >= the steps is plain guidance throughout, 0 none at all. `key_guidance`: for a
+        model that takes the tonic, the unconditional guidance pass also drops the key ("no key"),
+        so classifier-free guidance pushes towards the tonic as well as the caption, at no extra
+        pass (default: the model's saved choice, else off: every pass reads the key)."""
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -372,6 +375,10 @@ class MelFusionPipeline:
         single = isinstance(prompt, str)
         prompts = [check_prompt(p) for p in ([prompt] if single else list(prompt))]
         key_labels = self._key_labels(key, len(prompts), generator)
+        if key_guidance is None:
+            key_guidance = bool(d.get("key_guidance", False)) and key_labels is not None
+        elif key_guidance and key_labels is None:
+            raise MelFusionError("key guidance is for a model that takes a key (this one was trained without)")
         no_image = image is None
         if no_image and not self.has_null_image:
             raise MelFusionError(self.no_null_image_reason())
@@ -436,7 +443,9 @@ class MelFusionPipeline:
             context, context_mask = append_image_tokens(context, context_mask, image_tokens.repeat(n_pass, 1, 1),
                                                         present)
         cond = _Guidance(context, context_mask, present, n_pass, trajectory, image_kv, guidance, image_guidance, bf16,
-                         None if key_labels is None else torch.tensor(key_labels * n_pass, dtype=torch.long),
+                         None if key_labels is None else torch.tensor(
+                             ([NO_KEY] * b if key_guidance and n_pass > 1 else key_labels)
+                             + key_labels * (n_pass - 1), dtype=torch.long),
                          guided_steps if n_pass > 1 else None)
 
         # 4. Denoise from noise in the audio latent space (5. decode and vocode).

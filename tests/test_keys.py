@@ -125,3 +125,25 @@ def test_the_demo_says_which_key_it_composed_in(keyed_pipe, tiny_pipe, tmp_path)
     drawn = key_name(draw_keys(torch.Generator().manual_seed(3), 1)[0])
     assert f"key of {drawn})" in status
     assert "key of" not in Composer(tiny_pipe, out_root=tmp_path)(example, "calm piano", 1.0, 3, 2, 3.0)[-1]
+
+
+def test_key_guidance_drops_the_key_from_the_unconditional_pass_only(keyed_pipe, tiny_pipe):
+    def compose(pipe, **kw):
+        return pipe(image=None, prompt="a calm piano piece", duration_s=1.0, num_inference_steps=3, key="D",
+                    generator=torch.Generator().manual_seed(3), progress=False, **kw).audio
+
+    plain = compose(keyed_pipe)
+    assert np.array_equal(compose(keyed_pipe, key_guidance=False), plain)
+    guided = compose(keyed_pipe, key_guidance=True)
+    assert np.abs(guided - plain).max() > 1e-3
+    # The model's saved choice is the default.
+    keyed_pipe.defaults["key_guidance"] = True
+    try:
+        assert np.array_equal(compose(keyed_pipe), guided)
+    finally:
+        del keyed_pipe.defaults["key_guidance"]
+    # Unguided (one pass), there is no unconditional pass to drop the key from.
+    assert np.array_equal(compose(keyed_pipe, key_guidance=True, guidance_scale=1.0),
+                          compose(keyed_pipe, guidance_scale=1.0))
+    with pytest.raises(MelFusionError, match="key guidance is for a model that takes a key"):
+        tiny_pipe(image=None, prompt="piano", duration_s=1.0, num_inference_steps=2, progress=False, key_guidance=True)

@@ -137,7 +137,8 @@ def _generate_set(args) -> int:
     # Settings added later count only when given, so folders made before them still resume.
     settings.update({k: v for k, v in (("solver", args.solver), ("precision", args.precision),
                                        ("vocoder_iters", args.vocoder_iters), ("guided_steps", args.guided_steps),
-                                       ("keys", None if args.keys == "seed" else args.keys)) if v is not None})
+                                       ("keys", None if args.keys == "seed" else args.keys),
+                                       ("key_guidance", args.key_guidance)) if v is not None})
     check_guided_steps(args.guided_steps)
     if args.vocoder_iters is not None and args.vocoder_iters < 1:
         raise MelFusionError("--vocoder-iters must be at least 1")
@@ -167,7 +168,8 @@ def _generate_set(args) -> int:
                       duration_s=args.duration, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       image_guidance_scale=args.image_guidance, generator=generators, progress=False,
                       solver=args.solver, precision=args.precision, guided_steps=args.guided_steps,
-                      key=[key_name(record_tonic(e.record)) for e in batch] if args.keys == "record" else None)
+                      key=[key_name(record_tonic(e.record)) for e in batch] if args.keys == "record" else None,
+                      key_guidance=None if args.key_guidance is None else args.key_guidance == "on")
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
         if result.keys:
@@ -226,6 +228,8 @@ def add_eval_commands(sub) -> None:
     g.add_argument("--keys", default="seed", choices=("seed", "record"),
                    help="for a model with key conditioning: each clip's tonic drawn from its seed (the default, as a "
                         "user gets it) or the record's own; the keys used go to OUT/keys.json")
+    g.add_argument("--key-guidance", default=None, choices=("on", "off"),
+                   help="for a model with key conditioning: the unconditional pass drops the key (default: the model's)")
     g.add_argument("--shard", default=None, metavar="K/N",
                    help="make only every N-th record from the K-th (run N processes, K = 0..N-1, on one folder)")
     g.add_argument("--quiet", action="store_true")
