@@ -3,8 +3,8 @@
 # Resumable (finished clips and reports are kept). On the two cores about 65 minutes.
 #   0. key guidance on for both models (KEY_GUIDANCE=off leaves them as trained), decided on the
 #      keyed pretrain's validation clips (docs/model-card.md: the tonic heard in 65.6% of clips
-#      against 45.8%, FD unchanged); then the model's default image guidance, picked on 96 validation records by a rule fixed
-#      beforehand (scripts/pick_image_guidance.py --write; PICK=0 skips it), so that nothing is
+#      against 45.8%, FD unchanged); then the model's default image guidance, picked on 96
+#      validation records by a rule fixed beforehand (scripts/pick_image_guidance.py --write; PICK=0 skips it), so that nothing is
 #      chosen on the test split;
 #   1. the SynthMeL test split (first 300 records): MeLFusion, the text-only baseline continued
 #      from the same checkpoint for the same steps, and the shuffled-image control, judged by the
