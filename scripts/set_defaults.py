@@ -43,7 +43,10 @@ def main(argv: list[str]) -> int:
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from melfusion.errors import MelFusionError
+    from melfusion.loading import quiet_libraries
     from melfusion.pipeline import MelFusionPipeline
+
+    quiet_libraries()
 
     try:
         pipe = MelFusionPipeline.from_pretrained(argv[0])
