@@ -57,6 +57,19 @@ def bars_12(model: dict, text: dict, shuffled: dict, control: dict | None = None
     return out
 
 
+def against_shipped(model: dict, shipped: dict) -> list[tuple[str, bool, str]]:
+    """The new model against the shipped default on the same records: higher accuracies, lower
+    FD and FAD (a tie counts as not beating it)."""
+    out = []
+    for key in ("genre", "mode", "energy"):
+        a, b = model["accuracy"][key], shipped["accuracy"][key]
+        out.append((f"{key} against the shipped default", a > b, f"{a:.1%} vs {b:.1%} ({(a - b) * 100:+.1f} points)"))
+    for key in ("fd", "fad"):
+        out.append((f"{key.upper()} against the shipped default", model[key] < shipped[key],
+                    f"{model[key]:.2f} vs {shipped[key]:.2f}"))
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _records(manifest: str) -> dict[str, dict]:
     """The manifest's records by id, read once however many comparisons use it."""
@@ -97,6 +110,10 @@ def main() -> int:
     check = bars_12 if args.issue == 12 else bars
     for name, ok, figures in check(reports["melfusion"], reports["text-only"], reports["shuffled-images"], control):
         print(f"{'PASS' if ok else 'MISS'}  {name:50s} {figures}")
+    shipped_path = root / "shipped.json"  # the shipped default on the same records (evaluate_issue12.sh)
+    if shipped_path.is_file():
+        for name, ok, figures in against_shipped(reports["melfusion"], json.loads(shipped_path.read_text())):
+            print(f"{'BEATS' if ok else 'LOSES'} {name:50s} {figures}")
     for other in ("text-only", "shuffled-images"):
         for key in ("mode", "energy"):
             pair = paired(reports["melfusion"], reports[other], key)

@@ -79,3 +79,10 @@ def test_issue_12_bars_ask_more_and_hold_the_control_near_text_only():
     result = {name: ok for name, ok, _ in bars_small.bars_12(model, text, kept)}
     assert not result["shuffled images within 5 points of text-only on mode"]
     assert not result["shuffled images within 5 points of text-only on energy"]
+
+
+def test_the_new_model_beats_the_shipped_default_only_where_it_is_strictly_better():
+    new = {"accuracy": {"genre": 0.99, "mode": 0.52, "energy": 0.70}, "fd": 28.0, "fad": 14.0}
+    old = {"accuracy": {"genre": 0.62, "mode": 0.53, "energy": 0.70}, "fd": 64.6, "fad": 14.0}
+    rows = {name.split()[0]: ok for name, ok, _ in bars_small.against_shipped(new, old)}
+    assert rows == {"genre": True, "mode": False, "energy": False, "FD": True, "FAD": False}
