@@ -22,14 +22,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import set_defaults  # noqa: E402  (scripts/set_defaults.py)
 MANIFEST = ROOT / "data" / "synthmel-10000" / "manifest.jsonl"
 
 
-def run(args: list[str], threads: int | None = None) -> None:
-    env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    subprocess.run(args, check=True, env=env)
+def run(args: list[str]) -> None:
+    subprocess.run(args, check=True)
 
 
 def measure(model: Path, scale: float, out: Path, limit: int, jobs: int) -> dict:
@@ -105,13 +104,9 @@ def main() -> int:
     (args.out / "pick.md").write_text(report + "\n")
     (args.out / "pick.json").write_text(json.dumps({"rows": rows, "chosen": best["scale"]}, indent=1))
     print(report)
-    if args.write:
-        if best["scale"] == guidance:
-            index["defaults"].pop("image_guidance_scale", None)
-        else:
-            index["defaults"]["image_guidance_scale"] = best["scale"]
-        index_path.write_text(json.dumps(index, indent=2) + "\n")
-        print(f"stored in {index_path}: image_guidance_scale = {index['defaults'].get('image_guidance_scale')}")
+    if args.write:  # through set_defaults, which checks that the model takes the value
+        value = "null" if best["scale"] == guidance else f"{best['scale']:g}"
+        return set_defaults.main([str(args.model), f"image_guidance_scale={value}"])
     return 0
 
 

@@ -147,6 +147,8 @@ def _generate_set(args) -> int:
     if not todo:
         print(f"{out}: all {len(entries)} clips already there", file=sys.stderr)
         return 0
+    from melfusion.cli import on_off
+
     quiet_libraries()
     clock = time.perf_counter()
     pipe = load_model(args.model, seed=args.seed)
@@ -169,7 +171,7 @@ def _generate_set(args) -> int:
                       image_guidance_scale=args.image_guidance, generator=generators, progress=False,
                       solver=args.solver, precision=args.precision, guided_steps=args.guided_steps,
                       key=[key_name(record_tonic(e.record)) for e in batch] if args.keys == "record" else None,
-                      key_guidance=None if args.key_guidance is None else args.key_guidance == "on")
+                      key_guidance=on_off(args.key_guidance))
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
         if result.keys:
