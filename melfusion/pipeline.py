@@ -486,7 +486,7 @@ class MelFusionPipeline:
         keys = list(key) if isinstance(key, (list, tuple)) else [key] * batch
         if len(keys) != batch:
             raise MelFusionError(f"{len(keys)} keys for {batch} captions")
-        labels = [parse_key(k) for k in keys]
+        labels = [parse_key(k, with_mode=self.music.takes_mode) for k in keys]
         if any(k is None for k in labels):
             drawn = draw_keys(generator, batch)
             labels = [d if k is None else k for k, d in zip(labels, drawn)]

@@ -9,8 +9,8 @@ from diffusers import UNet2DConditionModel
 
 from melfusion.errors import MelFusionError
 from melfusion.lean.unet import LeanUNet
-from melfusion.music.keys import (KEY_EMBEDS, NO_KEY, draw_keys, has_key, key_name, parse_key, record_tonic,
-                                  with_key_embedding)
+from melfusion.music.keys import (KEY_EMBEDS, MINOR, MODE_KEY_EMBEDS, NO_KEY, draw_keys, has_key, key_name,
+                                  parse_key, record_tonic, takes_mode, with_key_embedding, with_mode_embedding)
 
 
 def test_keys_parse_from_names_and_records():
@@ -147,3 +147,41 @@ def test_key_guidance_drops_the_key_from_the_unconditional_pass_only(keyed_pipe,
                           compose(keyed_pipe, guidance_scale=1.0))
     with pytest.raises(MelFusionError, match="key guidance is for a model that takes a key"):
         tiny_pipe(image=None, prompt="piano", duration_s=1.0, num_inference_steps=2, progress=False, key_guidance=True)
+
+
+def test_the_mode_label_of_diagnostic_j_parses_and_starts_as_the_tonic(keyed_pipe):
+    # The label with the mode: majors 0-11, NO_KEY, minors 13-24; a tonic-only reading is unchanged.
+    assert parse_key("Eb minor", with_mode=True) == 3 + MINOR and parse_key("Eb major", with_mode=True) == 3
+    assert parse_key("Eb minor") == 3 and parse_key(24, with_mode=True) == 24
+    with pytest.raises(MelFusionError):
+        parse_key(24)
+    assert record_tonic({"key": "Ab minor"}, with_mode=True) == 8 + MINOR
+    assert record_tonic({"key": "Ab major"}, with_mode=True) == 8 and record_tonic({}, with_mode=True) == NO_KEY
+    assert key_name(3 + MINOR) == "Eb minor" and parse_key(key_name(3 + MINOR), with_mode=True) == 3 + MINOR
+    unet = keyed_pipe.music.unet
+    wide = with_mode_embedding(copy.deepcopy(unet)).eval()
+    assert takes_mode(wide) and not takes_mode(unet) and wide.class_embedding.weight.shape[0] == MODE_KEY_EMBEDS
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, unet.config.in_channels, 16, 16, generator=g)
+    ctx = torch.randn(3, 5, unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([900, 10, 400])
+    with torch.no_grad():
+        ref = unet(x, t, encoder_hidden_states=ctx, class_labels=torch.tensor([3, 7, NO_KEY])).sample
+        major = wide(x, t, encoder_hidden_states=ctx, class_labels=torch.tensor([3, 7, NO_KEY])).sample
+        minor = wide(x, t, encoder_hidden_states=ctx, class_labels=torch.tensor([3 + MINOR, 7 + MINOR, NO_KEY])).sample
+        wide.class_embedding.weight[3 + MINOR] += 1.0   # once trained apart, the minor label differs
+        moved = wide(x, t, encoder_hidden_states=ctx, class_labels=torch.tensor([3 + MINOR, 7, NO_KEY])).sample
+    assert torch.equal(ref, major) and torch.equal(ref, minor)
+    assert (moved[0] - ref[0]).abs().max() > 1e-4 and torch.equal(moved[1:], ref[1:])
+
+
+def test_a_mode_label_model_composes_in_the_mode_it_is_told(keyed_pipe):
+    pipe = copy.deepcopy(keyed_pipe)
+    pipe.music.unet = with_mode_embedding(pipe.music.unet).eval()
+    pipe.music.synapse.attach(pipe.music.unet)
+    with torch.no_grad():
+        pipe.music.unet.class_embedding.weight[MINOR:].normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    major, minor = _compose(pipe, "C major"), _compose(pipe, "C minor")
+    assert major.keys == ["C"] and minor.keys == ["C minor"]
+    assert np.abs(major.audio - minor.audio).max() > 1e-3
+    assert np.array_equal(_compose(pipe, "C").audio, major.audio)

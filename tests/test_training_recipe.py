@@ -206,3 +206,30 @@ def test_key_conditioning_trains_the_tonic_from_the_records_and_the_model_compos
     a, b = compose(saved, "Eb"), compose(saved, "A")
     assert np.abs(a - b).max() > 1e-4
     assert np.abs(compose(lean, "Eb") - a).max() < 1e-4
+
+
+def test_diagnostic_j_trains_on_key_labels_that_carry_the_mode(tmp_path, manifest):
+    from melfusion.music.keys import MINOR, takes_mode
+    from melfusion.training.config import validate
+    from melfusion.training.stages import make_stage, stage_data
+    from melfusion.training.trainer import load_entries, load_init
+
+    with pytest.raises(MelFusionError, match="key_mode needs key_conditioning"):
+        validate(_config(tmp_path, manifest, "nokey", conditioning="text", key_mode=True))
+    keyed = tmp_path / "keyed.jsonl"
+    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["key"] = ("Eb minor", "A major", "C minor")[i % 3]
+        for k in ("image", "audio"):
+            r[k] = str(Path(manifest).parent / r[k])
+    keyed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _config(tmp_path, keyed, "modekey", conditioning="text", key_conditioning=True, key_mode=True)
+    validate(cfg)
+    pipe = load_init(cfg)
+    assert takes_mode(pipe.music.unet)
+    tr, va = load_entries(cfg)
+    stage = make_stage(cfg, pipe, stage_data(cfg, pipe, tr, va, Path(cfg.cache_dir), progress=False))
+    assert stage.data["train_key"].tolist() == [(3 + MINOR, 9, 0 + MINOR)[i % 3] for i in range(len(tr))]
+    # Its checkpoints are not a tonic-only run's.
+    plain = _config(tmp_path, keyed, "modekey", conditioning="text", key_conditioning=True)
+    assert plain.fingerprint != cfg.fingerprint

@@ -170,7 +170,8 @@ def _generate_set(args) -> int:
                       duration_s=args.duration, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       image_guidance_scale=args.image_guidance, generator=generators, progress=False,
                       solver=args.solver, precision=args.precision, guided_steps=args.guided_steps,
-                      key=[key_name(record_tonic(e.record)) for e in batch] if args.keys == "record" else None,
+                      key=[key_name(record_tonic(e.record, with_mode=pipe.music.takes_mode)) for e in batch]
+                      if args.keys == "record" else None,
                       key_guidance=on_off(args.key_guidance))
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file

@@ -10,6 +10,12 @@ The tonic enters as a class label added to the timestep embedding (diffusers' `n
 13 entries, the twelve pitch classes and "none"), so it reaches every resnet block. Training
 gives each clip its own tonic and drops it to "none" at `drop_key`; at composition a user names
 one (`--key Eb`) or, by default, one is drawn from the seed, as SynthMeL's tonics are drawn.
+
+Diagnostic J (a training option, `key_mode = true`; not shipped): the label also carries the mode,
+25 entries, the twelve tonics (major), "none", then the twelve tonics again (minor). It asks
+whether the music UNet can follow a mode at all once it is handed to it as a label, as the tonic
+was followed once it became one. The minor entries start as copies of the tonic's, so the widened
+network is the one it came from until training moves it.
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from melfusion.errors import MelFusionError
 TONICS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 NO_KEY = 12          # the label of "no key given"
 KEY_EMBEDS = 13      # twelve tonics and NO_KEY
+MODE_KEY_EMBEDS = 25  # diagnostic J: the twelve tonics (major), NO_KEY, the twelve tonics (minor)
+MINOR = 13           # a minor key's label is its tonic's + MINOR
 _LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
 
@@ -31,20 +39,27 @@ def pitch_class(name: str) -> int:
     return (_LETTERS[name[0].upper()] + name.count("#") - name[1:].count("b")) % 12
 
 
-def record_tonic(record: dict) -> int:
-    """A manifest record's tonic label: the pitch class of its `key` ("Ab minor"), NO_KEY without one."""
+def record_tonic(record: dict, with_mode: bool = False) -> int:
+    """A manifest record's tonic label: the pitch class of its `key` ("Ab minor"), NO_KEY without one;
+    `with_mode` (diagnostic J), + MINOR for a minor key."""
     key = record.get("key")
-    return pitch_class(str(key).split()[0]) if key else NO_KEY
+    if not key:
+        return NO_KEY
+    words = str(key).split()
+    minor = with_mode and len(words) > 1 and words[1].lower() == "minor"
+    return pitch_class(words[0]) + (MINOR if minor else 0)
 
 
-def parse_key(value: str | int | None) -> int | None:
+def parse_key(value: str | int | None, with_mode: bool = False) -> int | None:
     """A user's key: a tonic name (a trailing "major"/"minor" is allowed and ignored: the picture
-    sets the mode), "none" for NO_KEY, or None / "random" for one drawn from the seed."""
+    sets the mode), "none" for NO_KEY, or None / "random" for one drawn from the seed. `with_mode`
+    (a model of diagnostic J): "minor" gives the minor label, a bare tonic the major one."""
     if value is None:
         return None
     if isinstance(value, int):
-        if not 0 <= value <= NO_KEY:
-            raise MelFusionError(f"a key label is 0-{NO_KEY}, got {value}")
+        top = MODE_KEY_EMBEDS - 1 if with_mode else NO_KEY
+        if not 0 <= value <= top:
+            raise MelFusionError(f"a key label is 0-{top}, got {value}")
         return value
     text = str(value).strip()
     if text.lower() == "random":
@@ -52,23 +67,33 @@ def parse_key(value: str | int | None) -> int | None:
     if text.lower() == "none":
         return NO_KEY
     words = text.split()
+    minor = False
     if len(words) == 2 and words[1].lower() in ("major", "minor"):
-        text = words[0]
+        text, minor = words[0], words[1].lower() == "minor"
     elif len(words) != 1:
         raise MelFusionError(f"not a key: {value!r} (a tonic such as Eb or F#, 'random' or 'none')")
-    return pitch_class(text)
+    return pitch_class(text) + (MINOR if minor and with_mode else 0)
 
 
 def key_name(label: int) -> str:
-    return "none" if label == NO_KEY else TONICS[label]
+    if label == NO_KEY:
+        return "none"
+    return TONICS[label - MINOR] + " minor" if label > NO_KEY else TONICS[label]
 
 
 def has_key(unet) -> bool:
-    """Whether a music UNet takes the tonic (it has the class embedding of KEY_EMBEDS entries)."""
+    """Whether a music UNet takes the tonic (it has the class embedding of KEY_EMBEDS entries, or
+    MODE_KEY_EMBEDS for a model of diagnostic J)."""
     n = unet.config.get("num_class_embeds")
-    if n is not None and n != KEY_EMBEDS:
-        raise MelFusionError(f"this music UNet has {n} class embeddings; melfusion's key conditioning uses {KEY_EMBEDS}")
-    return n == KEY_EMBEDS
+    if n is not None and n not in (KEY_EMBEDS, MODE_KEY_EMBEDS):
+        raise MelFusionError(f"this music UNet has {n} class embeddings; melfusion's key conditioning uses "
+                             f"{KEY_EMBEDS} ({MODE_KEY_EMBEDS} with the mode)")
+    return n is not None
+
+
+def takes_mode(unet) -> bool:
+    """Whether a music UNet's key label also carries the mode (diagnostic J)."""
+    return has_key(unet) and unet.config.get("num_class_embeds") == MODE_KEY_EMBEDS
 
 
 def draw_keys(generators, batch: int) -> list[int]:
@@ -99,5 +124,29 @@ def with_key_embedding(unet):
     if unexpected or missing != ["class_embedding.weight"]:
         raise MelFusionError(f"cannot add the key embedding: missing {missing}, unexpected {unexpected}")
     torch.nn.init.zeros_(new.class_embedding.weight)
+    new.set_attn_processor(dict(unet.attn_processors))
+    return new.to(unet.dtype).train(unet.training).requires_grad_(any(p.requires_grad for p in unet.parameters()))
+
+
+def with_mode_embedding(unet):
+    """Diagnostic J: the keyed UNet with its key embedding widened to MODE_KEY_EMBEDS entries, the
+    minor tonics' rows copies of the tonics' rows, so its output is bit-identical to the original's
+    for every tonic, in either mode, until training moves it."""
+    if takes_mode(unet):
+        return unet
+    if not has_key(unet):
+        unet = with_key_embedding(unet)
+    from diffusers import UNet2DConditionModel
+
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    config["num_class_embeds"] = MODE_KEY_EMBEDS
+    new = UNet2DConditionModel(**config)
+    state = dict(unet.state_dict())
+    old = state.pop("class_embedding.weight")
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or missing != ["class_embedding.weight"]:
+        raise MelFusionError(f"cannot widen the key embedding: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        new.class_embedding.weight.copy_(torch.cat([old, old[:NO_KEY]]))
     new.set_attn_processor(dict(unet.attn_processors))
     return new.to(unet.dtype).train(unet.training).requires_grad_(any(p.requires_grad for p in unet.parameters()))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from melfusion.errors import MelFusionError
-from melfusion.music.keys import NO_KEY, has_key
+from melfusion.music.keys import NO_KEY, has_key, takes_mode
 from melfusion.synapse import VisualSynapse
 
 ImageKV = list  # per synapse layer (keys, values), each (batch, tokens, image_dim)
@@ -99,6 +99,11 @@ class MusicLDM(torch.nn.Module):
     def takes_key(self) -> bool:
         """Whether the UNet reads the tonic (melfusion.music.keys)."""
         return has_key(self.unet)
+
+    @property
+    def takes_mode(self) -> bool:
+        """Whether its key label also carries the mode (diagnostic J, melfusion.music.keys)."""
+        return takes_mode(self.unet)
 
     def predict(self, latents, t, text, text_mask, image_kv: ImageKV | None, image_present=None, key=None):
         """One UNet evaluation: `(batch, c, frames, mels)` latent at timestep(s) `t` -> model output.

@@ -89,6 +89,9 @@ class TrainConfig:
     key_conditioning: bool = False
     drop_key: float = 0.1
     key_lr: float | None = None           # the key embedding's own learning rate (None: `lr`); it starts at zero
+    # diagnostic J (not shipped): the key label also carries the mode, the minor entries starting as
+    # copies of the tonics' (melfusion.music.keys.with_mode_embedding); needs key_conditioning
+    key_mode: bool = False
     source: str = field(default="", repr=False)  # the file it was read from
 
     @property
@@ -112,7 +115,8 @@ class TrainConfig:
         for later, unset in (("alpha_lr", None), ("synapse_lr", None), ("init_parts", None),
                              ("high_noise_weight", 0.0), ("harmony_weight", 0.0), ("harmony_batch", 8),
                              ("reader", None), ("reader_weight", 0.0), ("reader_heads", None),
-                             ("key_conditioning", False), ("drop_key", 0.1), ("key_lr", None)):
+                             ("key_conditioning", False), ("drop_key", 0.1), ("key_lr", None),
+                             ("key_mode", False)):
             if data.get(later) == unset:
                 data.pop(later, None)
         if portable and self.source:
@@ -225,6 +229,8 @@ def validate(cfg: TrainConfig) -> None:
             raise MelFusionError(f"{where}: reader_heads must name some of {', '.join(LABELS)}")
     if cfg.key_conditioning and cfg.stage != "music":
         raise MelFusionError(f"{where}: key_conditioning is for the music stage")
+    if cfg.key_mode and not cfg.key_conditioning:
+        raise MelFusionError(f"{where}: key_mode needs key_conditioning = true")
     if not 0 <= cfg.drop_key <= 1:
         raise MelFusionError(f"{where}: drop_key must be between 0 and 1")
     if cfg.key_lr is not None and not cfg.key_lr > 0:

@@ -322,7 +322,8 @@ def stage_data(cfg: TrainConfig, pipe, train, val, cache_dir, progress=True) -> 
             if pipe.music.takes_key:
                 from melfusion.music.keys import record_tonic
 
-                out[split + "_key"] = torch.tensor([record_tonic(e.record) for e in rows[split]], dtype=torch.long)
+                out[split + "_key"] = torch.tensor([record_tonic(e.record, with_mode=pipe.music.takes_mode)
+                                                    for e in rows[split]], dtype=torch.long)
             if cfg.harmony_weight and split == "train":
                 from melfusion.music.harmony import latent_frame_profiles, pitch_class_map
 

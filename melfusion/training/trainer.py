@@ -273,6 +273,10 @@ def load_init(cfg: TrainConfig):
             from melfusion.music.keys import with_key_embedding
 
             pipe.music.unet = with_key_embedding(pipe.music.unet)
+        if cfg.key_mode:
+            from melfusion.music.keys import with_mode_embedding
+
+            pipe.music.unet = with_mode_embedding(pipe.music.unet)
         if cfg.prediction_type:
             scheduler_config["prediction_type"] = cfg.prediction_type
         syn_cfg = SynapseConfig(blocks=cfg.synapse_blocks, alpha=cfg.synapse_alpha,
