@@ -7,8 +7,9 @@
 #   STAGES="music-pretrain" scripts/train_small.sh
 #   EVAL=1 scripts/train_small.sh     # and then issue 12's measurements (scripts/evaluate_issue12.sh)
 #
-# It starts from the shipped default's frozen T2I model and its audio VAE (stages 1-3 of the first
-# recipe, scripts/train_small_v1.sh, made them); the stages here: the audio VAE trained 1,000 steps
+# It starts from the first recipe's default (scripts/train_small_v1.sh; stages 1-3 made its frozen
+# T2I model and its audio VAE), as shipped until session 13 (revision fd9ab26), taken from git into
+# runs/small/default-v1 (the shipped folder now holds this recipe's own model); the stages here: the audio VAE trained 1,000 steps
 # further, the text-only music pretrain (2,000 steps, then 4,000 more with the tonic as a
 # condition), then MeLFusion and its text-only baseline, both
 # continued from the pretrain for the same steps. Export only when EXPORT=1 (the default ships
@@ -19,6 +20,13 @@ source scripts/link_state.sh
 bin/setup --test
 mf=.venv/bin/melfusion
 mkdir -p runs/logs
+V1=fd9ab26
+if [ ! -f runs/small/default-v1/model_index.json ]; then
+  rm -rf runs/small/default-v1.tmp && mkdir -p runs/small/default-v1.tmp
+  git archive "$V1" melfusion/assets/default | tar -x --strip-components=3 -C runs/small/default-v1.tmp \
+    || { echo "error: cannot take the first recipe's default from git revision $V1 (a shallow clone?)" >&2; exit 2; }
+  mv runs/small/default-v1.tmp runs/small/default-v1
+fi
 # 1. The data: 10,000 SynthMeL triplets (record i is a function of (seed, i): its first 2,000 are
 # synthmel-2000's; resumable). The audio VAE's stage reads the 2,000-record set, as it was trained.
 $mf data synth --n 2000 --out data/synthmel-2000 --seed 0 --quiet
@@ -33,13 +41,14 @@ pair="music-finetune music-finetune-text-only"
 one() { $mf train --config "configs/small/$1.toml" --resume "${@:2}"; }
 both=0
 [[ " $stages " == *" music-finetune "* && " $stages " == *" music-finetune-text-only "* ]] && both=1
+finished() { [ -f "runs/small/$1/model/model_index.json" ]; }   # a finished stage is not run again
 for stage in $stages; do
   if [ $both = 1 ] && [[ " $pair " == *" $stage "* ]]; then
     continue
   fi
-  one "$stage"
+  finished "$stage" || one "$stage"
 done
-if [ $both = 1 ]; then
+if [ $both = 1 ] && ! { finished music-finetune && finished music-finetune-text-only; }; then
   # (started directly, not through `one`, so that $! is the training process itself)
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $mf train --config configs/small/music-finetune-text-only.toml --resume --quiet &
   baseline=$!
