@@ -23,9 +23,10 @@ def test_the_default_on_the_lean_runtime_gives_the_same_audio():
     lib = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)
     assert type(lean.music.unet).__name__ == "LeanUNet" and type(lib.music.unet).__name__ == "UNet2DConditionModel"
     assert type(lean.text_encoder).__name__ == "LeanTextEncoder"
-    # Both sides read the same MiniLM at the same length: one instance, loaded once.
-    assert lean.t2i.text_encoder is lean.text_encoder and lib.t2i.text_encoder is lib.text_encoder
-    a, b = _music(lean), _music(lib)
+    # one MiniLM for both sides, each at its own caption length (77 tokens for the music, 32 for the T2I)
+    assert lean.t2i.text_encoder.model is lean.text_encoder.model and lib.t2i.text_encoder.model is lib.text_encoder.model
+    # fp32: under bf16 the two runtimes' kernels round differently, and image guidance 8 magnifies it
+    a, b = _music(lean, precision="fp32"), _music(lib, precision="fp32")
     assert np.abs(a).max() > 0.05
     assert np.abs(a - b).max() < 1e-4
     other = lean(image="examples/beach-post.png", prompt="a calm piano piece at dusk", duration_s=2.0,

@@ -42,11 +42,13 @@ def test_the_shipped_unets_match_diffusers_bit_for_bit(part):
     lean = LeanUNet.from_pretrained(f"{DEFAULT}/{part}")
     x, t, ctx, mask = _inputs(ref, frames=64 if part == "unet" else 16, tokens=32)
     ctx = ctx[..., :384] if ctx.shape[-1] >= 384 else torch.randn(2, 32, 384)
+    # the shipped music UNet reads the tonic (melfusion.music.keys): two different keys
+    kw = {"class_labels": torch.tensor([3, 12])} if ref.config.num_class_embeds else {}
     with torch.no_grad():
-        a = ref(x, t, encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
-        b = lean(x, t, ctx, mask).sample
-        c = lean(x, t[:1].reshape(()), ctx, mask).sample  # one timestep for the whole batch
-        d = ref(x, t[0], encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
+        a = ref(x, t, encoder_hidden_states=ctx, encoder_attention_mask=mask, **kw).sample
+        b = lean(x, t, ctx, mask, **kw).sample
+        c = lean(x, t[:1].reshape(()), ctx, mask, **kw).sample  # one timestep for the whole batch
+        d = ref(x, t[0], encoder_hidden_states=ctx, encoder_attention_mask=mask, **kw).sample
     assert a.abs().max() > 0.5
     assert (a - b).abs().max() < 1e-5 and (c - d).abs().max() < 1e-5
     assert set(lean.attn_processors) == set(ref.attn_processors)
@@ -127,7 +129,7 @@ def test_configs_it_does_not_cover_are_refused(tmp_path, over, what):
 
 def test_loading_and_running_it_imports_no_diffusers():
     code = ("import sys, torch; from melfusion.lean.unet import LeanUNet; u = LeanUNet.from_pretrained("
-            f"'{DEFAULT}/unet'); u(torch.zeros(1, 8, 32, 16), 10, torch.zeros(1, 4, 384));"
+            f"'{DEFAULT}/unet'); u(torch.zeros(1, 8, 32, 16), 10, torch.zeros(1, 4, 384), class_labels=torch.tensor([0]));"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
