@@ -22,6 +22,18 @@ def _config(tmp_path, manifest, name, **over):
     return music_config(tmp_path, manifest, name, **over)
 
 
+def _keyed_manifest(tmp_path, manifest, keys):
+    """The fixture manifest with record i in key keys[i % len(keys)] (absolute media paths)."""
+    keyed = tmp_path / "keyed.jsonl"
+    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["key"] = keys[i % len(keys)]
+        for k in ("image", "audio"):
+            r[k] = str(Path(manifest).parent / r[k])
+    keyed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return keyed
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, manifest):
     """A text-only music model trained on 32-frame crops of the 112-frame clips."""
@@ -177,13 +189,7 @@ def test_key_conditioning_trains_the_tonic_from_the_records_and_the_model_compos
     from melfusion.training.stages import make_stage, stage_data
     from melfusion.training.trainer import load_entries, load_init, param_groups, train
 
-    keyed = tmp_path / "keyed.jsonl"
-    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
-    for i, r in enumerate(rows):
-        r["key"] = ("Eb minor", "A major", "C major")[i % 3]
-        for k in ("image", "audio"):
-            r[k] = str(Path(manifest).parent / r[k])
-    keyed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keyed = _keyed_manifest(tmp_path, manifest, ("Eb minor", "A major", "C major"))
     cfg = _config(tmp_path, keyed, "keyed", conditioning="text", key_conditioning=True, key_lr=5e-2, drop_key=0.25)
     pipe = load_init(cfg)
     assert has_key(pipe.music.unet)
@@ -216,13 +222,7 @@ def test_diagnostic_j_trains_on_key_labels_that_carry_the_mode(tmp_path, manifes
 
     with pytest.raises(MelFusionError, match="key_mode needs key_conditioning"):
         validate(_config(tmp_path, manifest, "nokey", conditioning="text", key_mode=True))
-    keyed = tmp_path / "keyed.jsonl"
-    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
-    for i, r in enumerate(rows):
-        r["key"] = ("Eb minor", "A major", "C minor")[i % 3]
-        for k in ("image", "audio"):
-            r[k] = str(Path(manifest).parent / r[k])
-    keyed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keyed = _keyed_manifest(tmp_path, manifest, ("Eb minor", "A major", "C minor"))
     cfg = _config(tmp_path, keyed, "modekey", conditioning="text", key_conditioning=True, key_mode=True)
     validate(cfg)
     pipe = load_init(cfg)

@@ -108,24 +108,32 @@ def draw_keys(generators, batch: int) -> list[int]:
     return [int(torch.randint(0, 12, (1,), generator=torch.Generator().manual_seed(s % 2 ** 63))) for s in seeds]
 
 
-def with_key_embedding(unet):
-    """The same UNet with a zero-initialised key embedding added (`num_class_embeds` = KEY_EMBEDS):
-    its output is bit-identical to the original's for every key until training moves it."""
-    if has_key(unet):
-        return unet
+def _with_class_embeds(unet, n: int, old_rows: torch.Tensor | None):
+    """The same UNet rebuilt with `n` class embeddings: the rows `old_rows` ends up with
+    (None: zeros), every other weight and the attention processors the original's."""
     from diffusers import UNet2DConditionModel
 
     if not isinstance(unet, UNet2DConditionModel):
         raise MelFusionError("key conditioning is added to a diffusers music UNet (train with the full runtime)")
     config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    config["num_class_embeds"] = KEY_EMBEDS
+    config["num_class_embeds"] = n
     new = UNet2DConditionModel(**config)
-    missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
+    state = {k: v for k, v in unet.state_dict().items() if k != "class_embedding.weight"}
+    missing, unexpected = new.load_state_dict(state, strict=False)
     if unexpected or missing != ["class_embedding.weight"]:
-        raise MelFusionError(f"cannot add the key embedding: missing {missing}, unexpected {unexpected}")
-    torch.nn.init.zeros_(new.class_embedding.weight)
+        raise MelFusionError(f"cannot set the key embedding: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        new.class_embedding.weight.copy_(old_rows if old_rows is not None else torch.zeros_like(new.class_embedding.weight))
     new.set_attn_processor(dict(unet.attn_processors))
     return new.to(unet.dtype).train(unet.training).requires_grad_(any(p.requires_grad for p in unet.parameters()))
+
+
+def with_key_embedding(unet):
+    """The same UNet with a zero-initialised key embedding added (`num_class_embeds` = KEY_EMBEDS):
+    its output is bit-identical to the original's for every key until training moves it."""
+    if has_key(unet):
+        return unet
+    return _with_class_embeds(unet, KEY_EMBEDS, None)
 
 
 def with_mode_embedding(unet):
@@ -136,17 +144,5 @@ def with_mode_embedding(unet):
         return unet
     if not has_key(unet):
         unet = with_key_embedding(unet)
-    from diffusers import UNet2DConditionModel
-
-    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    config["num_class_embeds"] = MODE_KEY_EMBEDS
-    new = UNet2DConditionModel(**config)
-    state = dict(unet.state_dict())
-    old = state.pop("class_embedding.weight")
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    if unexpected or missing != ["class_embedding.weight"]:
-        raise MelFusionError(f"cannot widen the key embedding: missing {missing}, unexpected {unexpected}")
-    with torch.no_grad():
-        new.class_embedding.weight.copy_(torch.cat([old, old[:NO_KEY]]))
-    new.set_attn_processor(dict(unet.attn_processors))
-    return new.to(unet.dtype).train(unet.training).requires_grad_(any(p.requires_grad for p in unet.parameters()))
+    old = unet.class_embedding.weight.detach()
+    return _with_class_embeds(unet, MODE_KEY_EMBEDS, torch.cat([old, old[:NO_KEY]]))
