@@ -97,7 +97,8 @@ def cmd_generate(args) -> int:
     settings = dict(prompt=prompt, duration_s=args.duration, num_inference_steps=args.steps,
                     guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
                     progress=not args.quiet, solver=args.solver, precision=args.precision, loudness_lufs=loudness,
-                    key=args.key, guided_steps=args.guided_steps, key_guidance=on_off(args.key_guidance))
+                    key=args.key, guided_steps=args.guided_steps, key_guidance=on_off(args.key_guidance),
+                    distilled=on_off(args.distilled))
     n = args.variations
     for i in range(1, n + 1):
         seed = args.seed + i - 1
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--key-guidance", default=None, choices=("on", "off"),
                    help="for a model with key conditioning: guide towards the tonic too (the unconditional pass "
                         "drops the key; no extra pass; default: the model's)")
+    g.add_argument("--distilled", default=None, choices=("on", "off"),
+                   help="for a model with a guidance-distilled network: one pass a step in place of the guided "
+                        "passes (default: wherever the guidance is the one it was distilled for)")
     g.add_argument("--video", default=None, metavar="PATH.mp4", help="also write the image with the music as a video")
     g.add_argument("--spectrogram", default=None, metavar="PATH.png", help="also write a picture of the mel spectrogram")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary")

@@ -44,6 +44,8 @@ MAX_CAPTION_CHARS = 1000
 # up to MAX_LONG_DURATION_S, composed window by window (melfusion.long) past the model's window.
 MIN_DURATION_S, MAX_DURATION_S, MAX_LONG_DURATION_S = 1.0, 30.0, 120.0
 COMPONENTS = ("text_encoder", "t2i", "audio_vae", "unet", "synapse", "scheduler", "vocoder")
+DISTILLED_NAME = "distilled.json"  # in a model's distilled/ folder: the guidance its one pass stands for
+DISTILLED_KEYS = ("guidance_scale", "image_guidance_scale", "key_guidance")
 CONDITIONINGS = ("synapse", "text", "concat", "tangopp", "image-encoder")
 NEEDS_IMAGE_ENCODER = ("concat", "tangopp", "image-encoder")  # the baselines that read the image themselves
 TOKENS_IN_CAPTION = ("concat", "tangopp")                     # image tokens join the caption's tokens
@@ -167,20 +169,27 @@ class _Guidance:
     bf16: bool
     key: torch.Tensor | None = None  # (n_pass * batch,) tonic labels, for a model that takes them
     guided_steps: int | None = None  # guidance on the first N steps only, the rest conditional (None: all)
+    music: MusicLDM | None = None    # the network the passes run through (None: the pipeline's music UNet)
 
     def last_pass(self) -> "_Guidance":
         """The fully conditioned pass alone (caption and picture, batch b): an unguided step."""
         b = self.context.shape[0] // self.n_pass
         return _Guidance(self.context[-b:], self.context_mask[-b:], self.present[-b:], 1, self.trajectory,
                          self.image_kv, self.guidance, self.image_guidance, self.bf16,
-                         None if self.key is None else self.key[-b:])
+                         None if self.key is None else self.key[-b:], music=self.music)
 
 
 class MelFusionPipeline:
     def __init__(self, text_encoder: TextEncoder, t2i: TextToImageModel, audio_vae: AudioVAE, music: MusicLDM,
                  vocoder: Vocoder, mel: MelConfig = MelConfig(), defaults: dict | None = None,
-                 preset: str | None = None, conditioning: str = "synapse", image_encoder=None):
+                 preset: str | None = None, conditioning: str = "synapse", image_encoder=None,
+                 distilled: MusicLDM | None = None, distilled_config: dict | None = None):
+        """`distilled`: a guidance-distilled copy of the music network (melfusion.training.distill)
+        whose one pass stands for the three guided passes at the scales `distilled_config` names."""
         self.text_encoder, self.t2i, self.audio_vae = text_encoder, t2i, audio_vae
+        if (distilled is None) != (distilled_config is None):
+            raise MelFusionError("a distilled network needs its config (the guidance it stands for), and back")
+        self.distilled, self.distilled_config = distilled, distilled_config
         self.music, self.vocoder, self.mel = music, vocoder, mel
         self.defaults = dict(num_inference_steps=25, guidance_scale=3.0, duration_s=10.0, inversion_steps=None,
                              inversion_refine=0, solver="ddim", precision="fp32")
@@ -322,7 +331,8 @@ class MelFusionPipeline:
                  generator: torch.Generator | list[torch.Generator] | None = None, inversion_steps: int | None = None,
                  progress: bool = True, image_guidance_scale: float | None = None, solver: str | None = None,
                  precision: str | None = None, loudness_lufs: float | bool | None = None,
-                 key=None, guided_steps: int | None = None, key_guidance: bool | None = None) -> MelFusionOutput:
+                 key=None, guided_steps: int | None = None, key_guidance: bool | None = None,
+                 distilled: bool | None = None, step_callback=None, output_type: str = "audio") -> MelFusionOutput:
         """`image`: a path, PIL image or pixel tensor (a list of them for a list of captions), or
         None for the music with the picture absent (the null image; `has_null_image` says whether
         the model has one): the same seed gives the same starting noise either way, so the two
@@ -342,7 +352,18 @@ class MelFusionPipeline:
         step); N >= the steps is plain guidance throughout, 0 none at all. `key_guidance`: for a
         model that takes the tonic, the unconditional guidance pass also drops the key ("no key"),
         so classifier-free guidance pushes towards the tonic as well as the caption, at no extra
-        pass (default: the model's saved choice, else off: every pass reads the key)."""
+        pass (default: the model's saved choice, else off: every pass reads the key).
+        `distilled`: for a model with a guidance-distilled network (`has_distilled`), one pass of
+        it per step in place of the guided passes, where the call's guidance (scales, key
+        guidance, every step guided, the picture present) is the one it was distilled for; None
+        (the default) uses it wherever that holds unless the model's defaults say
+        `distilled: false`, True insists (an error where it does not hold), False never.
+        `step_callback(i, t, model_input, output)`: called after each denoising step of a
+        one-window piece with the scaled latent the network read (the conditional batch) and the
+        guided output the solver took. `output_type`: "audio", or "latent" for the final audio
+        latent alone (`log_mel` holds it; nothing is decoded or vocoded)."""
+        if output_type not in ("audio", "latent"):
+            raise MelFusionError(f"output_type must be 'audio' or 'latent', got {output_type!r}")
         d = self.defaults
         duration_s = check_duration(d["duration_s"] if duration_s is None else duration_s)
         steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -384,6 +405,7 @@ class MelFusionPipeline:
             raise MelFusionError(self.no_null_image_reason())
         if self.conditioning == "text" or image_guidance == guidance or no_image:
             image_guidance = None  # the same as plain guidance (or nothing to guide: no image is read)
+        student = self._use_distilled(distilled, guidance, image_guidance, key_guidance, guided_steps, no_image)
         pixels = None
         if not no_image:
             images = [image] if single or not isinstance(image, (list, tuple)) else list(image)
@@ -427,7 +449,9 @@ class MelFusionPipeline:
         clock = time.perf_counter()
         b = len(prompts)
         guided = guidance != 1.0 or image_guidance is not None
-        if image_guidance is not None:
+        if student:  # the distilled network's one pass stands for the guided passes
+            passes = [(text, mask, 1.0)]
+        elif image_guidance is not None:
             passes = [(null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0), (text, mask, 0.0), (text, mask, 1.0)]
         elif guided:
             passes = [(null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0), (text, mask, 1.0)]
@@ -446,20 +470,26 @@ class MelFusionPipeline:
                          None if key_labels is None else torch.tensor(
                              ([NO_KEY] * b if key_guidance and n_pass > 1 else key_labels)
                              + key_labels * (n_pass - 1), dtype=torch.long),
-                         guided_steps if n_pass > 1 else None)
+                         guided_steps if n_pass > 1 else None, self.distilled if student else None)
 
         # 4. Denoise from noise in the audio latent space (5. decode and vocode).
         if not long_piece:
             frames = self.frames_for(duration_s)
             latents = self._noise(b, frames // self.audio_vae.factor, generator)
             bar = tqdm(total=steps, desc="composing", disable=not progress, leave=False)
-            latents = self._denoise(latents, self._scheduler(solver, steps), cond, bar)
+            latents = self._denoise(latents, self._scheduler(solver, steps), cond, bar, callback=step_callback)
             bar.close()
             timings["denoising"] = time.perf_counter() - clock
+            if output_type == "latent":
+                return MelFusionOutput(None, self.sample_rate, latents, timings,
+                                       keys=[key_name(k) for k in key_labels or []])
             clock, decoding = time.perf_counter(), 0.0
             log_mel = self._decode(latents, cond.bf16)
             windows, window_latents, joins = [], [], []
         else:
+            if output_type == "latent" or step_callback is not None:
+                raise MelFusionError(f"a latent output and step callbacks are for one window "
+                                     f"(up to {window_s:g} s), not {duration_s:g} s")
             log_mel, windows, window_latents, joins, decoding = self._compose_windows(
                 b, duration_s, window_s, overlap, generator, solver, steps, cond, progress)
             timings["denoising"] = time.perf_counter() - clock - decoding
@@ -475,6 +505,37 @@ class MelFusionPipeline:
             timings["mastering"] = time.perf_counter() - clock
         return MelFusionOutput(audio[0] if single else audio, self.sample_rate, log_mel, timings, windows,
                                window_latents, joins, [key_name(k) for k in key_labels or []])
+
+    @property
+    def has_distilled(self) -> bool:
+        """Whether this model carries a guidance-distilled music network (one pass per step)."""
+        return self.distilled is not None
+
+    def _use_distilled(self, requested: bool | None, guidance: float, image_guidance: float | None,
+                       key_guidance: bool, guided_steps: int | None, no_image: bool) -> bool:
+        """Whether this call runs the distilled network (see `__call__`'s `distilled`)."""
+        if requested is None:
+            requested = None if self.defaults.get("distilled", True) else False
+        if requested is False:
+            return False
+        if self.distilled is None:
+            if requested:
+                raise MelFusionError("this model has no distilled network (--distilled on needs one)")
+            return False
+        dc = self.distilled_config
+        wanted = (float(dc["guidance_scale"]), float(dc["image_guidance_scale"]), bool(dc["key_guidance"]))
+        mismatch = None
+        if no_image:
+            mismatch = "the picture is absent"
+        elif guided_steps is not None:
+            mismatch = "guidance is on the first steps only"
+        elif (guidance, image_guidance, key_guidance) != wanted:
+            mismatch = (f"it was distilled for guidance {wanted[0]:g}, image guidance {wanted[1]:g}, key guidance "
+                        f"{'on' if wanted[2] else 'off'}; this call asks for {guidance:g}, "
+                        f"{'none' if image_guidance is None else f'{image_guidance:g}'}, {'on' if key_guidance else 'off'}")
+        if mismatch and requested:
+            raise MelFusionError(f"the distilled network does not apply: {mismatch}")
+        return mismatch is None
 
     def _key_labels(self, key, batch: int, generator) -> list[int] | None:
         """Each clip's tonic label (melfusion.music.keys), or None for a model without key conditioning."""
@@ -515,7 +576,8 @@ class MelFusionPipeline:
         scheduler.set_timesteps(steps)
         return scheduler
 
-    def _denoise(self, noise: torch.Tensor, scheduler, cond: _Guidance, bar, held: Held | None = None):
+    def _denoise(self, noise: torch.Tensor, scheduler, cond: _Guidance, bar, held: Held | None = None,
+                 callback=None):
         """The denoising loop over one window; at step t the synapse reads the image at the
         matching inverted step. `held`: frames known in advance (the overlap with the window
         before), replaced after every step by the known latent at the level just reached."""
@@ -529,16 +591,18 @@ class MelFusionPipeline:
             kv = self.image_features(step.trajectory, int(t)) if step.trajectory is not None else step.image_kv
             if n_pass > 1 and kv is not None:
                 kv = [(k.repeat(n_pass, *[1] * (k.dim() - 1)), v.repeat(n_pass, *[1] * (v.dim() - 1))) for k, v in kv]
-            model_in = latents.repeat(n_pass, *[1] * (latents.dim() - 1))
+            model_in = scheduler.scale_model_input(latents.repeat(n_pass, *[1] * (latents.dim() - 1)), t)
+            music = step.music or self.music
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cond.bf16):
-                out = self.music.predict(scheduler.scale_model_input(model_in, t), t, step.context, step.context_mask,
-                                         kv, step.present, step.key).float()
+                out = music.predict(model_in, t, step.context, step.context_mask, kv, step.present, step.key).float()
             if n_pass == 3:
                 uncond, text_only, full = out.chunk(3)
                 out = uncond + step.guidance * (text_only - uncond) + step.image_guidance * (full - text_only)
             elif n_pass == 2:
                 uncond, c = out.chunk(2)
                 out = uncond + step.guidance * (c - uncond)
+            if callback is not None:
+                callback(i, int(t), model_in[-latents.shape[0]:], out)
             latents = scheduler.step(out, t, latents).prev_sample
             if held is not None:
                 latents = held.apply(latents, level_after(scheduler, i))
@@ -622,6 +686,11 @@ class MelFusionPipeline:
             DDIMScheduler.from_config(self.music.scheduler_config).save_pretrained(str(staging / "scheduler"))
             self.vocoder.save_pretrained(staging / "vocoder")
             components = {c: c for c in COMPONENTS}
+            if self.distilled is not None:
+                self.distilled.unet.save_pretrained(str(staging / "distilled" / "unet"))
+                self.distilled.synapse.save_pretrained(staging / "distilled" / "synapse")
+                (staging / "distilled" / DISTILLED_NAME).write_text(json.dumps(self.distilled_config, indent=2))
+                components["distilled"] = "distilled"
             if self.image_encoder is not None:
                 self.image_encoder.save_pretrained(staging / "image_encoder")
                 components["image_encoder"] = "image_encoder"
@@ -675,5 +744,24 @@ class MelFusionPipeline:
                 from melfusion.baselines import ImageEncoder
 
                 image_encoder = ImageEncoder.from_pretrained(directory / index["components"]["image_encoder"])
+            distilled, distilled_config = None, None
+            if "distilled" in index["components"]:
+                distilled, distilled_config = _load_distilled(directory / index["components"]["distilled"], lean,
+                                                              scheduler_config)
         return cls(text_encoder, t2i, audio_vae, music, vocoder, mel, index.get("defaults"), index.get("preset"),
-                   index.get("conditioning", "synapse"), image_encoder)
+                   index.get("conditioning", "synapse"), image_encoder, distilled, distilled_config)
+
+
+def _load_distilled(folder: Path, lean: bool, scheduler_config: dict) -> tuple[MusicLDM, dict]:
+    """A model's guidance-distilled music network (its UNet and synapse) and what it stands for."""
+    from melfusion.lean import load_unet
+
+    try:
+        config = json.loads((folder / DISTILLED_NAME).read_text())
+        missing = [k for k in DISTILLED_KEYS if k not in config]
+        if missing:
+            raise ValueError(f"{DISTILLED_NAME} lacks {', '.join(missing)}")
+        unet = load_unet(folder / "unet", lean)
+    except (OSError, ValueError) as exc:
+        raise MelFusionError(f"cannot load the distilled network in {folder}: {str(exc).splitlines()[0]}") from None
+    return MusicLDM(unet, VisualSynapse.from_pretrained(folder / "synapse"), scheduler_config), config

@@ -138,7 +138,8 @@ def _generate_set(args) -> int:
     settings.update({k: v for k, v in (("solver", args.solver), ("precision", args.precision),
                                        ("vocoder_iters", args.vocoder_iters), ("guided_steps", args.guided_steps),
                                        ("keys", None if args.keys == "seed" else args.keys),
-                                       ("key_guidance", args.key_guidance)) if v is not None})
+                                       ("key_guidance", args.key_guidance),
+                                       ("distilled", args.distilled)) if v is not None})
     check_guided_steps(args.guided_steps)
     if args.vocoder_iters is not None and args.vocoder_iters < 1:
         raise MelFusionError("--vocoder-iters must be at least 1")
@@ -172,7 +173,7 @@ def _generate_set(args) -> int:
                       solver=args.solver, precision=args.precision, guided_steps=args.guided_steps,
                       key=[key_name(record_tonic(e.record, with_mode=pipe.music.takes_mode)) for e in batch]
                       if args.keys == "record" else None,
-                      key_guidance=on_off(args.key_guidance))
+                      key_guidance=on_off(args.key_guidance), distilled=on_off(args.distilled))
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
         if result.keys:
@@ -233,6 +234,8 @@ def add_eval_commands(sub) -> None:
                         "user gets it) or the record's own; the keys used go to OUT/keys.json")
     g.add_argument("--key-guidance", default=None, choices=("on", "off"),
                    help="for a model with key conditioning: the unconditional pass drops the key (default: the model's)")
+    g.add_argument("--distilled", default=None, choices=("on", "off"),
+                   help="for a model with a guidance-distilled network: use it (default: where it applies)")
     g.add_argument("--shard", default=None, metavar="K/N",
                    help="make only every N-th record from the K-th (run N processes, K = 0..N-1, on one folder)")
     g.add_argument("--quiet", action="store_true")
