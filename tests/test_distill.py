@@ -164,3 +164,25 @@ def test_training_moves_the_student_towards_the_teacher_and_resumes_exactly(teac
         distill.export(str(exported), str(straight), str(root / "model2"))
     with pytest.raises(MelFusionError, match="other settings"):
         distill.train(model, str(data), None, 8, str(root / "run-b"), **dict(kw, lr=5e-5))
+
+
+def test_a_synapse_rate_moves_the_synapse_further_than_the_unet_rate(teacher):
+    from melfusion.training import distill
+
+    root, model, manifest = teacher
+    data = distill.collect(model, manifest, "train", 4, str(root / "s"), per_file=4, progress=False)
+    kw = dict(batch=6, lr=1e-5, warmup=1, checkpoint_every=3, val_every=3, precision="fp32", progress=False)
+    start = distill.Student(model, bf16=False).music.synapse.state_dict()
+
+    def synapse_shift(run):
+        state = torch.load(run / "checkpoint.pt", weights_only=False)["music"]
+        return sum(float((state[f"synapse.{k}"] - v).abs().sum()) for k, v in start.items()
+                   if v.is_floating_point())
+
+    plain = distill.train(model, str(data), None, 3, str(root / "syn-a"), **kw)
+    fast = distill.train(model, str(data), None, 3, str(root / "syn-b"), synapse_lr=1e-3, **kw)
+    assert synapse_shift(fast) > 20 * synapse_shift(plain) > 0
+    assert json.loads((fast / "run.json").read_text())["synapse_lr"] == 1e-3
+    # The rate is part of the run's settings: resuming without it is refused.
+    with pytest.raises(MelFusionError, match="other settings"):
+        distill.train(model, str(data), None, 6, str(fast), **kw)

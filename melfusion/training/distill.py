@@ -195,6 +195,17 @@ class Student:
     def parameters(self):
         return [p for p in self.music.parameters() if p.requires_grad]
 
+    def param_groups(self, lr: float, synapse_lr: float | None) -> list[dict]:
+        """One group at `lr`, or with `synapse_lr` the synapse (projections and alphas) on its own
+        rate: the student must scale up what the picture adds (image guidance 8), and at the UNet's
+        rate the synapse's projections and alphas hardly move (as in the fine-tune, trainer.param_groups)."""
+        if synapse_lr is None:
+            return [{"params": self.parameters(), "lr": lr}]
+        synapse = {id(p) for p in self.music.synapse.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in synapse]
+        mine = [p for p in self.parameters() if id(p) in synapse]
+        return [{"params": rest, "lr": lr}, {"params": mine, "lr": synapse_lr}]
+
     def encode(self, data: TeacherOutputs, clips: list[int]):
         """Caption tokens and masks of `clips` (encoded once per clip and kept)."""
         key = id(data)
@@ -245,7 +256,7 @@ def val_loss(student: Student, data: TeacherOutputs, batch: int = 12) -> float:
 
 def train(model: str, data: str, val: str | None, steps: int, out: str, batch: int = 12, lr: float = 3e-5,
           warmup: int = 50, checkpoint_every: int = 25, val_every: int = 100, seed: int = 0,
-          precision: str = "auto", progress: bool = True) -> Path:
+          precision: str = "auto", progress: bool = True, synapse_lr: float | None = None) -> Path:
     """Fit the student to the teacher's outputs for `steps` optimiser steps of `batch` (clip, step)
     pairs drawn uniformly; resumes from `out`'s checkpoint. Logs the training and validation MSE
     (the validation set's MSE at step 0 is the teacher's own conditional pass against its guided
@@ -263,17 +274,21 @@ def train(model: str, data: str, val: str | None, steps: int, out: str, batch: i
     val_data = TeacherOutputs(val) if val else None
     run = {"model": train_data.settings["model"], "data": str(Path(data).resolve()), "batch": batch, "lr": lr,
            "warmup": warmup, "seed": seed, "steps": steps}
+    if synapse_lr is not None:
+        run["synapse_lr"] = synapse_lr
     run_file = out / "run.json"
     if run_file.is_file():
         old = json.loads(run_file.read_text())
-        changed = {k: v for k, v in run.items() if k != "steps" and old.get(k) != v}
+        changed = [k for k in {**old, **run} if k != "steps" and old.get(k) != run.get(k)]
         if changed:
             raise MelFusionError(f"{out} holds a run with other settings ({', '.join(changed)}); use another --out")
     with atomic_file(run_file) as tmp:
         tmp.write_text(json.dumps(run, indent=1) + "\n")
     student = Student(model, use_bf16(precision))
     params = student.parameters()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    groups = student.param_groups(lr, synapse_lr)
+    base_lrs = [g["lr"] for g in groups]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     step = 0
     ckpt = out / CHECKPOINT
@@ -306,8 +321,8 @@ def train(model: str, data: str, val: str | None, steps: int, out: str, batch: i
         while step < steps:
             pick = torch.randint(0, n_pairs, (batch,), generator=generator).tolist()
             clips, which = [p // train_data.steps for p in pick], [p % train_data.steps for p in pick]
-            for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+            for group, base in zip(opt.param_groups, base_lrs):
+                group["lr"] = base * min(1.0, (step + 1) / max(1, warmup))
             loss = student.loss(train_data, clips, which)
             if not math.isfinite(loss.item()):
                 raise MelFusionError(f"the distillation loss is not finite at step {step + 1}")
@@ -378,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", required=True)
     t.add_argument("--batch", type=int, default=12)
     t.add_argument("--lr", type=float, default=3e-5)
+    t.add_argument("--synapse-lr", type=float, default=None,
+                   help="the synapse's projections and alphas on this rate (default: --lr)")
     t.add_argument("--warmup", type=int, default=50)
     t.add_argument("--checkpoint-every", type=int, default=25)
     t.add_argument("--val-every", type=int, default=100)
@@ -400,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                             args.seed, not args.quiet, args.skip)
         elif args.command == "train":
             where = train(args.model, args.data, args.val, args.steps, args.out, args.batch, args.lr, args.warmup,
-                          args.checkpoint_every, args.val_every, args.seed, args.precision, not args.quiet)
+                          args.checkpoint_every, args.val_every, args.seed, args.precision, not args.quiet,
+                          args.synapse_lr)
         else:
             where = export(args.model, args.run, args.out)
     except MelFusionError as exc:
