@@ -199,12 +199,12 @@ class Student:
         """One group at `lr`, or with `synapse_lr` the synapse (projections and alphas) on its own
         rate: the student must scale up what the picture adds (image guidance 8), and at the UNet's
         rate the synapse's projections and alphas hardly move (as in the fine-tune, trainer.param_groups)."""
+        params = self.parameters()
         if synapse_lr is None:
-            return [{"params": self.parameters(), "lr": lr}]
+            return [{"params": params, "lr": lr}]
         synapse = {id(p) for p in self.music.synapse.parameters()}
-        rest = [p for p in self.parameters() if id(p) not in synapse]
-        mine = [p for p in self.parameters() if id(p) in synapse]
-        return [{"params": rest, "lr": lr}, {"params": mine, "lr": synapse_lr}]
+        return [{"params": [p for p in params if id(p) not in synapse], "lr": lr},
+                {"params": [p for p in params if id(p) in synapse], "lr": synapse_lr}]
 
     def encode(self, data: TeacherOutputs, clips: list[int]):
         """Caption tokens and masks of `clips` (encoded once per clip and kept)."""
