@@ -1,7 +1,7 @@
 """Wall time and peak memory of `generate` (10 s of audio by default): cold and warm, split by
 stage, against the code before the speed work (issue 13) measured in the same run.
 
-    .venv/bin/python benchmarks/bench_generate.py [--before REV] [--cold 5] [--repeats 3] [--duration 10]
+    .venv/bin/python benchmarks/bench_generate.py [--before REV] [--cold 5] [--rounds 3] [--repeats 3] [--duration 10] [--no-bytecode]
     .venv/bin/python benchmarks/bench_generate.py --presets tiny small      # warm only, random weights
     .venv/bin/python benchmarks/bench_generate.py --presets default runs/small/music-finetune/model --before ''
                                                # a saved model beside the shipped one, cold and warm
@@ -9,7 +9,7 @@ stage, against the code before the speed work (issue 13) measured in the same ru
 Cold: a fresh process runs `melfusion generate` on the bundled example post, from the
 interpreter's start to the WAV on disk (what a user of the README's command waits, less
 bin/setup's check). Warm: the model loaded and warmed up (one short call) in one process, then
-the pipeline call timed, median over repeats, with its split (text, inversion, denoising,
+the pipeline call timed, median over repeats and then over `--rounds` processes, with its split (text, inversion, denoising,
 vocoding). "before" is the same measurement on the code of revision REV (default d162090, the
 last commit before issue 13), checked out in a temporary git worktree and run with the same
 virtual environment; the two alternate, so machine noise falls on both. These machines are
@@ -100,6 +100,15 @@ def warm_once(tree: Path | None, preset: str, duration: float, repeats: int, ste
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def median_of(runs: list[dict]) -> dict:
+    """Per figure, the median over processes (each already the median of its calls)."""
+    out = dict(runs[0])
+    for k, v in runs[0].items():
+        if k.endswith("_s") or k.endswith("_mb"):
+            out[k] = round(statistics.median(r[k] for r in runs), 3)
+    return out
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
@@ -111,9 +120,12 @@ def main():
     ap.add_argument("--presets", nargs="+", default=["default"])
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3, help="warm calls per process (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="warm processes per code version (median of their medians)")
     ap.add_argument("--cold", type=int, default=5, help="fresh processes per code version (median)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: each model's)")
     ap.add_argument("--before", default=BEFORE, help="the revision to compare with ('' for none)")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="time cold starts without compiling melfusion's sources first (see below)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -126,13 +138,24 @@ def main():
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(wt), args.before],
                            check=True, capture_output=True)
             trees = {"before": wt, "now": None}
+        if not args.no_bytecode:
+            # Python caches a module's bytecode on its first import, unless PYTHONDONTWRITEBYTECODE
+            # is set (it is on these machines: every start then recompiles melfusion's sources,
+            # 50-100 ms). bin/setup compiles them at install, as pip does for a wheel; both trees
+            # get the same here.
+            for tree in trees.values():
+                subprocess.run([sys.executable, "-m", "compileall", "-q", str((tree or ROOT) / "melfusion")],
+                               check=True, capture_output=True)
         try:
-            warm = []
-            for preset in args.presets:
-                for label, tree in trees.items():
-                    if tree is not None and preset != "default":
-                        continue  # random presets: their code path is the same before and after
-                    warm.append(dict(code=label, **warm_once(tree, preset, args.duration, args.repeats, args.steps)))
+            rounds: dict[tuple, list] = {}
+            for _ in range(args.rounds):  # processes alternate, so a noisy spell falls on both
+                for preset in args.presets:
+                    for label, tree in trees.items():
+                        if tree is not None and preset != "default":
+                            continue  # random presets: their code path is the same before and after
+                        rounds.setdefault((label, preset), []).append(
+                            warm_once(tree, preset, args.duration, args.repeats, args.steps))
+            warm = [dict(code=label, **median_of(runs)) for (label, _), runs in rounds.items()]
             cold = {}
             for _ in range(args.cold):
                 for preset in filter(saved, args.presets):
@@ -147,13 +170,15 @@ def main():
                                capture_output=True)
     cols = ["code", "preset", "solver", "steps", "precision", "inversion_steps", "text_s", "inversion_s",
             "denoising_s", "vocoding_s", "wall_s", "peak_rss_mb"]
-    print(f"warm: {args.duration:g} s of audio, median of {args.repeats} calls, {warm[0]['threads']} threads")
+    print(f"warm: {args.duration:g} s of audio, median of {args.rounds} processes x {args.repeats} calls, "
+          f"{warm[0]['threads']} threads")
     print(table(warm, cols))
     by = {r["code"]: r for r in warm if r["preset"] == "default"}
     if "before" in by and "now" in by:
         print(f"warm ratio before/now: {by['before']['wall_s'] / by['now']['wall_s']:.2f}x")
     if any(cold.values()):
-        print(f"\ncold: fresh process to the WAV on disk, median of {args.cold}")
+        print(f"\ncold: fresh process to the WAV on disk, median of {args.cold}, melfusion's bytecode "
+              + ("not compiled beforehand" if args.no_bytecode else "compiled beforehand (as after bin/setup)"))
         rows = [dict(code=k, median_s=round(statistics.median(v), 2), min_s=round(min(v), 2), max_s=round(max(v), 2))
                 for k, v in cold.items()]
         print(table(rows, ["code", "median_s", "min_s", "max_s"]))

@@ -38,7 +38,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft_side
     if not os.access(path, os.R_OK):
         raise MelFusionError(f"cannot read the image (permission denied): {path}")
     too_large = f"image is too large (limit {max_pixels:,} pixels): {path}"
-    Image.init()  # registers every plugin (open(formats=) only looks among those registered)
+    _register_decoders()
     try:
         # PIL's own bomb check (a warning above 89 megapixels) would print a line of its own;
         # ours is lower and refuses. Other PIL warnings (odd EXIF, odd palettes) are noise here:
@@ -68,6 +68,18 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft_side
         raise MelFusionError(f"corrupt or truncated image: {path} ({first})") from None
     except MemoryError:
         raise MelFusionError(too_large) from None
+
+
+def _register_decoders() -> None:
+    """Registers the decoders of FORMATS, and only those: `Image.init()` would import all of PIL's
+    40-odd plugins (about 35 ms of a cold start), and `open(formats=)` looks only among those
+    registered."""
+    from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, MpoImagePlugin,  # noqa: F401
+                     PngImagePlugin, TiffImagePlugin)
+    try:
+        from PIL import WebPImagePlugin  # noqa: F401
+    except ImportError:  # a Pillow built without libwebp: open() then reports WebP as unreadable
+        pass
 
 
 def upright(img: Image.Image) -> Image.Image:

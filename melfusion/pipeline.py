@@ -732,7 +732,9 @@ class MelFusionPipeline:
             t2i = TextToImageModel.from_pretrained(paths["t2i"], lean, {key: text_encoder} if key else None)
             audio_vae = AudioVAE.from_pretrained(paths["audio_vae"], lean)
             try:
-                unet = load_unet(paths["unet"], lean)
+                # Beside a distilled network the teacher runs only for calls the student does not
+                # stand for (other guidance, no picture): its weights wait for its first pass.
+                unet = load_unet(paths["unet"], lean, defer="distilled" in index["components"])
                 scheduler_config = json.loads((paths["scheduler"] / "scheduler_config.json").read_text())
             except (OSError, ValueError) as exc:
                 raise MelFusionError(f"cannot load the music UNet in {directory}: {str(exc).splitlines()[0]}") from None

@@ -113,7 +113,7 @@ PRESETS = {
                         cross_attention_dim=384, attention_head_dim=4),
         scheduler=MUSIC_SCHEDULER,
         synapse=dict(blocks=None, alpha="learned", alpha_init=0.5),
-        vocoder=dict(kind="griffin-lim", n_iter=16),
+        vocoder=dict(kind="griffin-lim", n_iter=8),  # docs/speed.md: 8 judged as well as 16
         defaults=dict(num_inference_steps=6, guidance_scale=3.0, duration_s=10.0, inversion_steps=12,
                       inversion_refine=0, solver="dpm++2m", precision="auto"),  # docs/speed.md
     ),

@@ -170,3 +170,25 @@ def test_generate_guided_steps_changes_the_music_and_refuses_a_negative_count(tm
     assert _generate(tmp_path, "--guided-steps", "-1", out="bad.wav") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "guided steps" in err[0] and not (tmp_path / "bad.wav").exists()
+
+
+def test_the_six_formats_load_with_only_their_decoders_registered(tmp_path):
+    src = Image.open(EXAMPLE).convert("RGB").resize((48, 32))
+    for ext in ("png", "jpg", "webp", "gif", "bmp", "tif"):
+        src.save(tmp_path / f"a.{ext}")
+    src.save(tmp_path / "b.eps")  # a format PIL reads that melfusion refuses
+    code = ("import sys; from pathlib import Path; from melfusion.images import load_image; "
+            "from melfusion.errors import MelFusionError\n"
+            f"for p in sorted(Path({str(tmp_path)!r}).glob('a.*')): print(p.suffix, load_image(p).size)\n"
+            "print(' '.join(sorted(m.split('.')[1] for m in sys.modules if m.endswith('ImagePlugin'))))\n"
+            f"try: load_image(Path({str(tmp_path)!r}) / 'b.eps')\n"
+            "except MelFusionError as e: print('refused', str(e).split(':')[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    *loaded, plugins, eps = out.stdout.strip().splitlines()
+    assert sorted(loaded) == sorted(f".{e} (48, 32)" for e in ("png", "jpg", "webp", "gif", "bmp", "tif"))
+    # only the decoders of the six formats (and MPO, JPEG's multi-picture form) were imported
+    assert set(plugins.split()) <= {"BmpImagePlugin", "GifImagePlugin", "JpegImagePlugin", "MpoImagePlugin",
+                                    "PngImagePlugin", "TiffImagePlugin", "WebPImagePlugin", "PpmImagePlugin"}
+    assert "PngImagePlugin" in plugins.split()
+    assert eps == "refused not a readable image"

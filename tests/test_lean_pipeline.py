@@ -147,3 +147,14 @@ def test_loading_a_keyed_model_leaves_torch_dynamo_unimported(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "LeanUNet True False"
+
+
+def test_beside_the_distilled_network_the_teacher_is_read_only_when_a_call_needs_it():
+    lean = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, lean=True)
+    lib = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    assert lean.has_distilled and lean.music.unet.weights_deferred()
+    _music(lean, precision="fp32")  # the defaults: the distilled network's pass only
+    assert lean.music.unet.weights_deferred()
+    a, b = _music(lean, precision="fp32", distilled=False), _music(lib, precision="fp32", distilled=False)
+    assert not lean.music.unet.weights_deferred()
+    assert np.abs(a).max() > 0.05 and np.abs(a - b).max() < 1e-4

@@ -134,3 +134,35 @@ def test_loading_and_running_it_imports_no_diffusers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_deferred_weights_are_read_on_the_first_pass_and_give_the_same_function(tmp_path):
+    ref, eager = _pair(tmp_path, **SMALL)
+    lazy = LeanUNet.from_pretrained(tmp_path, defer=True)
+    assert lazy.weights_deferred() and lazy.conv_in.weight.is_meta  # nothing read at load
+    assert sum(p.numel() for p in lazy.parameters()) == sum(p.numel() for p in eager.parameters())
+    x, t, ctx, mask = _inputs(ref)
+    with torch.no_grad():
+        a = eager(x, t, ctx, mask).sample
+        b = lazy(x, t, ctx, mask).sample
+        c = lazy(x + 1, t, ctx, mask).sample  # a second pass: the weights are read once
+    assert not lazy.weights_deferred() and not lazy.conv_in.weight.is_meta
+    assert not any(p.requires_grad for p in lazy.parameters()) and not lazy.training
+    assert a.abs().max() > 0.05 and torch.equal(a, b)
+    assert (c - b).abs().max() > 1e-3
+
+
+def test_deferred_weights_that_do_not_fit_are_refused_at_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _pair(tmp_path, **SMALL)
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    state["conv_in.weight"] = state["conv_in.weight"][:, :2].contiguous()
+    save_file(state, str(path))
+    with pytest.raises(Unsupported, match="conv_in.weight has shape"):
+        LeanUNet.from_pretrained(tmp_path, defer=True)
+    del state["conv_in.bias"]
+    save_file(state, str(path))
+    with pytest.raises(Unsupported, match="do not match"):
+        LeanUNet.from_pretrained(tmp_path, defer=True)

@@ -233,3 +233,23 @@ def test_diagnostic_j_trains_on_key_labels_that_carry_the_mode(tmp_path, manifes
     # Its checkpoints are not a tonic-only run's.
     plain = _config(tmp_path, keyed, "modekey", conditioning="text", key_conditioning=True)
     assert plain.fingerprint != cfg.fingerprint
+
+
+def test_a_music_stage_from_a_model_with_a_distilled_network_does_not_carry_it(tmp_path, manifest, pretrained):
+    import copy
+
+    from melfusion.music.ldm import MusicLDM
+    from melfusion.pipeline import MelFusionPipeline
+    from melfusion.training.trainer import load_init
+
+    _, model = pretrained
+    base = MelFusionPipeline.from_pretrained(model)
+    student = copy.deepcopy(base.music)
+    base.distilled = MusicLDM(student.unet, student.synapse, student.scheduler_config)
+    base.distilled_config = dict(guidance_scale=3.0, image_guidance_scale=4.0, key_guidance=False)
+    base.save_pretrained(tmp_path / "with-student")
+    assert MelFusionPipeline.from_pretrained(tmp_path / "with-student").has_distilled
+    cfg = _config(tmp_path, manifest, "from-student", init=str(tmp_path / "with-student"), conditioning="text",
+                  crop_frames=32)
+    pipe = load_init(cfg)
+    assert not pipe.has_distilled  # the student stood for the init's network, not the one trained from it

@@ -16,6 +16,7 @@ random initialisation is spent on numbers that are overwritten at once.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import torch
@@ -90,6 +91,46 @@ def assign_weights(module: torch.nn.Module, state: dict, what: str, dtype=torch.
     return module.eval().requires_grad_(False)
 
 
+def check_weights(module: torch.nn.Module, path: str | Path, what: str) -> None:
+    """What `assign_weights` checks (every name, every shape), from the safetensors file's header
+    alone: no tensor is read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - as read_safetensors: the library then says what is wrong
+        raise Unsupported(f"cannot read {path}: {type(exc).__name__}") from None
+    expected = module.state_dict(keep_vars=True)
+    if set(shapes) != set(expected):
+        raise Unsupported(f"{what}: weights do not match the lean module")
+    for name, shape in shapes.items():
+        if shape != tuple(expected[name].shape):
+            raise Unsupported(f"{what}: {name} has shape {shape}, expected {tuple(expected[name].shape)}")
+
+
+def defer_weights(module: torch.nn.Module, path: str | Path, what: str) -> torch.nn.Module:
+    """A meta-built module whose weights are read from `path` on its first forward pass (then as
+    `assign_weights` would have at load). For a network a model carries but a default call does
+    not run: the teacher beside a distilled network costs a cold start nothing until it is used.
+    The file's names and shapes are checked now, so a mismatch still falls back to the library
+    at load time."""
+    check_weights(module, path, what)
+    lock = threading.Lock()
+
+    def materialise(mod, args, kwargs):
+        with lock:
+            if handle[0] is not None:
+                assign_weights(mod, read_safetensors(path), what)
+                handle[0].remove()
+                handle[0] = None
+        return None
+
+    handle = [module.register_forward_pre_hook(materialise, with_kwargs=True)]
+    module.weights_deferred = lambda: handle[0] is not None
+    return module.eval().requires_grad_(False)
+
+
 def read_safetensors(path: str | Path) -> dict:
     """The tensors of a safetensors file; a file that is missing or does not read is `Unsupported`
     (the library's loader then says what is wrong with it, in its words)."""
@@ -111,8 +152,9 @@ def lean_or_library(lean: bool, lean_load, library_load):
     return library_load()
 
 
-def load_unet(directory: str | Path, lean: bool = False):
-    """A saved `UNet2DConditionModel`: the lean runtime's where it covers the config, else diffusers'."""
+def load_unet(directory: str | Path, lean: bool = False, defer: bool = False):
+    """A saved `UNet2DConditionModel`: the lean runtime's where it covers the config, else diffusers'.
+    `defer`: the lean UNet's weights are read on its first forward pass (`defer_weights`)."""
     def library():
         from diffusers import UNet2DConditionModel
 
@@ -121,7 +163,7 @@ def load_unet(directory: str | Path, lean: bool = False):
     def own():
         from melfusion.lean.unet import LeanUNet
 
-        return LeanUNet.from_pretrained(directory)
+        return LeanUNet.from_pretrained(directory, defer=defer)
 
     return lean_or_library(lean, own, library)
 

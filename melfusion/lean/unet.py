@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from melfusion.attention import attend, bias_shape, finish, prepare_inputs
-from melfusion.lean import Config, Unsupported, assign_weights, build_on_meta, read_safetensors, require
+from melfusion.lean import (Config, Unsupported, assign_weights, build_on_meta, defer_weights, read_safetensors,
+                            require)
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -369,10 +370,13 @@ class LeanUNet(nn.Module):
         return UNetOutput(x) if return_dict else (x,)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "LeanUNet":
+    def from_pretrained(cls, directory: str | Path, defer: bool = False) -> "LeanUNet":
+        """`defer`: the weights are read on the first forward pass (`melfusion.lean.defer_weights`)."""
         directory = Path(directory)
         config = Config.read(directory / "config.json")
         model = build_on_meta(lambda: cls(config))
+        if defer:
+            return defer_weights(model, directory / WEIGHTS_NAME, f"UNet in {directory}")
         return assign_weights(model, read_safetensors(directory / WEIGHTS_NAME), f"UNet in {directory}")
 
 

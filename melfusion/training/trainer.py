@@ -268,6 +268,10 @@ def load_init(cfg: TrainConfig):
         from melfusion.music.ldm import MusicLDM
         from melfusion.synapse import SynapseConfig, VisualSynapse
 
+        # A distilled network stands for the music UNet it was fitted to, not for the one this
+        # stage trains from it: the model this stage saves does not carry it.
+        pipe.distilled, pipe.distilled_config = None, None
+
         scheduler_config = dict(pipe.music.scheduler_config)
         if cfg.key_conditioning:
             from melfusion.music.keys import with_key_embedding
