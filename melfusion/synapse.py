@@ -24,6 +24,12 @@ config) read an absent image as `a = 0` (`"alpha-zero"`), as they were trained.
 `zero_projections()` starts the image path neutral: a synapse added to a trained text-only
 model (run on the null image) then leaves its output unchanged until training moves it.
 
+The global path (beyond the paper; off unless `global_dim` is set): the same standardised image
+features, averaged over tokens and concatenated over the synapse's layers, through one linear map
+G (zero at the start) into the music UNet's timestep embedding, the vector every block reads and
+where a class label enters. Diagnostic J (docs/model-card.md) found the UNet follows a mode handed
+to it there; the cross-attention path carries it weakly. An absent image adds nothing.
+
 Text padding: the text-only layer masks padded caption tokens. Blended, a padded slot holds
 image content, so its mask is softened to `log((1 - a) * m + a)` for mask `m` in {0, 1}:
 exactly the text mask at `a = 0`, no mask at `a = 1`.
@@ -67,6 +73,8 @@ class SynapseConfig:
     partners: list[str] = field(default_factory=list)
     music_dims: list[int] = field(default_factory=list)
     image_dims: list[int] = field(default_factory=list)
+    # The global path's output width (the music UNet's timestep embedding); 0: no global path.
+    global_dim: int = 0
 
     def validate(self):
         if isinstance(self.alpha, str):
@@ -157,6 +165,19 @@ class SynapseProcessor:
         return finish(attn, out, residual, restore)
 
 
+class _GlobalEmbedding:
+    """Forward hook on the music UNet's timestep embedding: adds the synapse's global path. An
+    object, not a closure, so that a deep copy of the network (a distillation student) reads its
+    own copy of the synapse."""
+
+    def __init__(self, synapse: "VisualSynapse"):
+        self.synapse = synapse
+
+    def __call__(self, module, args, output):
+        extra = self.synapse.global_embedding(output.shape[0], output.dtype)
+        return output if extra is None else output + extra.to(output.dtype)
+
+
 def cross_attention_layers(unet) -> list[str]:
     """The music UNet's decoder cross-attention processor names, lowest resolution first."""
     names = [n for n in unet.attn_processors if n.startswith("up_blocks.") and n.endswith("attn2.processor")]
@@ -183,9 +204,26 @@ class VisualSynapse(torch.nn.Module):
         stats = (len(config.stats_timesteps), config.stats_tokens) if config.standardize else None
         self.layers = torch.nn.ModuleList(SynapseLayer(i, m, config.alpha, config.alpha_init, stats)
                                           for i, m in zip(config.image_dims, config.music_dims))
+        if config.global_dim:
+            self.global_proj = torch.nn.Linear(2 * sum(config.image_dims), config.global_dim, bias=False)
+            torch.nn.init.zeros_(self.global_proj.weight)
         # Per-call context, set by `condition` around a music UNet forward pass.
         self.image_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.image_present: torch.Tensor | None = None
+        self._global_hook = None
+
+    def global_embedding(self, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """The global path's addition to the timestep embedding, `(batch, global_dim)`, or None
+        (no global path, the synapse off, or no picture in the batch)."""
+        if not self.config.global_dim or not self.config.enabled or self.image_kv is None:
+            return None
+        pooled = torch.cat([x.to(dtype).mean(dim=1) for k, v in self.image_kv for x in (k, v)], dim=-1)
+        out = self.global_proj(pooled)
+        if self.image_present is not None:
+            out = out * self.image_present.to(out.dtype)[:, None]
+        if out.shape[0] not in (1, batch):
+            raise MelFusionError(f"image features for {out.shape[0]} samples in a batch of {batch}")
+        return out
 
     @classmethod
     def build(cls, config: SynapseConfig, music_unet, t2i_unet) -> "VisualSynapse":
@@ -218,6 +256,10 @@ class VisualSynapse(torch.nn.Module):
                 raise MelFusionError(f"synapse layer {name} is not in this music UNet")
             processors[name] = SynapseProcessor(self, i)
         music_unet.set_attn_processor(processors)
+        if self.config.global_dim:
+            if self._global_hook is not None:
+                self._global_hook.remove()
+            self._global_hook = music_unet.time_embedding.register_forward_hook(_GlobalEmbedding(self))
 
     def condition(self, image_kv, image_present: torch.Tensor | None = None):
         """Context manager: the music UNet's forward passes inside it see these image features.

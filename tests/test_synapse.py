@@ -262,3 +262,61 @@ def test_synapse_saves_and_loads(tiny_pipe, tmp_path):
     assert again.config.partners == syn.config.partners
     for a, b in zip(again.state_dict().values(), syn.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_global_path_starts_at_zero_then_adds_the_picture_and_only_the_picture(tiny_pipe, tmp_path):
+    from melfusion.lean.unet import LeanUNet
+
+    latents, text, mask = _inputs(tiny_pipe)
+    t = torch.tensor([10, 500])
+    plain_unet = _music_unet()
+    plain = _synapse(tiny_pipe, plain_unet)
+    unet = _music_unet()
+    dim = unet.time_embedding.linear_2.out_features
+    syn = VisualSynapse(SynapseConfig(**{**plain.config.__dict__, "global_dim": dim}))
+    syn.load_state_dict(plain.state_dict(), strict=False)
+    syn.attach(unet)
+    kv = _image_kv(syn, 2)
+    present = torch.tensor([1.0, 0.0])
+    ref = _run(plain_unet, plain, latents, t, text, mask, kv, present)
+    assert float(syn.global_proj.weight.detach().abs().max()) == 0.0
+    assert torch.equal(_run(unet, syn, latents, t, text, mask, kv, present), ref)  # zero-started: no change
+    with torch.no_grad():
+        syn.global_proj.weight.normal_(std=0.5)
+    out = _run(unet, syn, latents, t, text, mask, kv, present)
+    assert (out[0] - ref[0]).abs().max() > 1e-3          # the picture's sample moves
+    assert torch.equal(out[1], ref[1])                    # the absent picture's does not
+    assert torch.equal(_run(unet, syn, latents, t, text, mask, None), _run(plain_unet, plain, latents, t, text, mask, None))
+    other = _run(unet, syn, latents, t, text, mask, _image_kv(syn, 2, seed=5), present)
+    assert (other[0] - out[0]).abs().max() > 1e-3         # another picture, another addition
+    # saved and loaded, on the lean runtime too, the global path computes the same
+    syn.save_pretrained(tmp_path / "syn")
+    unet.save_pretrained(str(tmp_path / "unet"))
+    lean = LeanUNet.from_pretrained(tmp_path / "unet")
+    back = VisualSynapse.from_pretrained(tmp_path / "syn")
+    back.attach(lean)
+    assert torch.equal(back.global_proj.weight, syn.global_proj.weight)
+    with back.condition(kv, present), torch.no_grad():
+        again = lean(latents, t, text, mask).sample
+    assert (again - out).abs().max() < 1e-5
+
+
+def test_a_deep_copy_of_a_network_with_a_global_path_reads_its_own_synapse(tiny_pipe):
+    from melfusion.music.ldm import MusicLDM
+
+    unet = _music_unet()
+    syn = VisualSynapse.build(SynapseConfig(global_dim=unet.time_embedding.linear_2.out_features), unet,
+                              tiny_pipe.t2i.unet)
+    music = MusicLDM(unet, syn, {"num_train_timesteps": 1000})
+    student = copy.deepcopy(music)
+    with torch.no_grad():
+        student.synapse.global_proj.weight.normal_(std=0.5)  # only the copy's global path moves
+    latents, text, mask = _inputs(tiny_pipe)
+    t = torch.tensor([10, 500])
+    kv = _image_kv(syn, 2)
+    teacher_out = _run(music.unet, music.synapse, latents, t, text, mask, kv)
+    student_out = _run(student.unet, student.synapse, latents, t, text, mask, kv)
+    with torch.no_grad():
+        student.synapse.global_proj.weight.zero_()
+    assert torch.equal(_run(student.unet, student.synapse, latents, t, text, mask, kv), teacher_out)
+    assert (student_out - teacher_out).abs().max() > 1e-3

@@ -253,3 +253,39 @@ def test_a_music_stage_from_a_model_with_a_distilled_network_does_not_carry_it(t
                   crop_frames=32)
     pipe = load_init(cfg)
     assert not pipe.has_distilled  # the student stood for the init's network, not the one trained from it
+
+
+def test_keep_synapse_continues_a_fine_tune_and_a_global_path_starts_at_zero(tmp_path, manifest, pretrained):
+    from melfusion.pipeline import MelFusionPipeline
+    from melfusion.training.trainer import load_init, train
+
+    tmp, model = pretrained
+    tuned = train(_config(tmp_path, manifest, "tuned", init=str(model), conditioning="synapse", crop_frames=32,
+                          synapse_lr=1e-2, alpha_lr=1e-2), progress=False)
+    base = MelFusionPipeline.from_pretrained(tuned)
+    cfg = _config(tmp_path, manifest, "global", init=str(tuned), conditioning="synapse", crop_frames=32,
+                  keep_synapse=True, synapse_global=True, synapse_lr=1e-2)
+    pipe = load_init(cfg)
+    syn, old = pipe.music.synapse, base.music.synapse
+    assert syn.config.global_dim == pipe.music.unet.time_embedding.linear_2.out_features
+    assert float(syn.global_proj.weight.detach().abs().max()) == 0.0
+    kept = {k: v for k, v in syn.state_dict().items() if not k.startswith("global_proj.")}
+    assert kept.keys() == old.state_dict().keys()
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in kept.items())
+    assert any(float(layer.to_v_image.weight.detach().abs().max()) > 0 for layer in syn.layers)  # not rebuilt
+    text, mask = base.text_encoder.encode(["strings", "drums"])
+    g, n = torch.Generator().manual_seed(0), text.shape[1]
+    kv = [(torch.randn(2, n, d, generator=g), torch.randn(2, n, d, generator=g)) for d in syn.config.image_dims]
+    x, t = torch.randn(2, 8, 32, 16, generator=g), torch.tensor([900, 100])
+    outs = []
+    for music in (base.music, pipe.music):
+        with torch.no_grad(), music.synapse.condition(kv):
+            outs.append(music.unet(x, t, encoder_hidden_states=text, encoder_attention_mask=mask).sample)
+    assert torch.equal(outs[0], outs[1])  # the stage's first step is the fine-tune's
+    trained = MelFusionPipeline.from_pretrained(train(cfg, progress=False))
+    assert float(trained.music.synapse.global_proj.weight.detach().abs().max()) > 0  # the global path learned
+    out = trained(image=str(manifest.parent / "i0.png"), prompt="strings", duration_s=1.0, num_inference_steps=2,
+                  progress=False)
+    assert out.audio.shape == (16000,)
+    with pytest.raises(MelFusionError, match="keep_synapse"):
+        load_init(_config(tmp_path, manifest, "bad", init=str(tuned), conditioning="text", keep_synapse=True))

@@ -70,6 +70,12 @@ class TrainConfig:
     # parts taken from other saved models after `init` is loaded: {t2i = DIR, audio_vae = DIR}
     init_parts: dict[str, str] | None = None
     synapse_blocks: list[int] | None = None
+    # beyond the paper (melfusion.synapse, "the global path"): the pooled image features into the
+    # music UNet's timestep embedding, zero-started
+    synapse_global: bool = False
+    # continue the init model's trained synapse (projections, alphas, statistics) instead of
+    # rebuilding it neutral; a global path added to it starts at zero
+    keep_synapse: bool = False
     inversion_steps: int | None = None    # None: the model's default denoising steps
     itc_weight: float = 0.1               # TANGO++'s image-text contrastive loss weight
     # issue 12 D, beyond the paper: weight of the pitch-class loss on the predicted clean latent
@@ -116,7 +122,7 @@ class TrainConfig:
                              ("high_noise_weight", 0.0), ("harmony_weight", 0.0), ("harmony_batch", 8),
                              ("reader", None), ("reader_weight", 0.0), ("reader_heads", None),
                              ("key_conditioning", False), ("drop_key", 0.1), ("key_lr", None),
-                             ("key_mode", False)):
+                             ("key_mode", False), ("synapse_global", False), ("keep_synapse", False)):
             if data.get(later) == unset:
                 data.pop(later, None)
         if portable and self.source:

@@ -283,13 +283,17 @@ def load_init(cfg: TrainConfig):
             pipe.music.unet = with_mode_embedding(pipe.music.unet)
         if cfg.prediction_type:
             scheduler_config["prediction_type"] = cfg.prediction_type
-        syn_cfg = SynapseConfig(blocks=cfg.synapse_blocks, alpha=cfg.synapse_alpha,
-                                alpha_init=pipe.music.synapse.config.alpha_init)
-        torch.manual_seed(as_numpy_seed(cfg.seed, 11))
-        synapse = VisualSynapse.build(syn_cfg, pipe.music.unet, pipe.t2i.unet)
-        # The image path starts neutral: fine-tuned from a text-only checkpoint (trained on the
-        # null image), the model's first step is that checkpoint's.
-        synapse.zero_projections()
+        global_dim = pipe.music.unet.time_embedding.linear_2.out_features if cfg.synapse_global else 0
+        if cfg.keep_synapse:
+            synapse = _kept_synapse(cfg, pipe.music.synapse, global_dim)
+        else:
+            syn_cfg = SynapseConfig(blocks=cfg.synapse_blocks, alpha=cfg.synapse_alpha,
+                                    alpha_init=pipe.music.synapse.config.alpha_init, global_dim=global_dim)
+            torch.manual_seed(as_numpy_seed(cfg.seed, 11))
+            synapse = VisualSynapse.build(syn_cfg, pipe.music.unet, pipe.t2i.unet)
+            # The image path starts neutral: fine-tuned from a text-only checkpoint (trained on the
+            # null image), the model's first step is that checkpoint's.
+            synapse.zero_projections()
         image_encoder = None
         if cfg.conditioning in NEEDS_IMAGE_ENCODER:
             from melfusion.baselines import ImageEncoder, ImageEncoderConfig
@@ -309,6 +313,28 @@ def load_init(cfg: TrainConfig):
         pipe.conditioning, pipe.image_encoder = cfg.conditioning, image_encoder
         pipe.link_synapse()
     return pipe
+
+
+def _kept_synapse(cfg: TrainConfig, old, global_dim: int):
+    """The init model's synapse, trained weights and statistics as they are, with a zero-started
+    global path added when asked (so the stage's first step is the init model's)."""
+    import dataclasses
+
+    from melfusion.synapse import VisualSynapse
+
+    where = cfg.source or "config"
+    if cfg.conditioning != "synapse" or cfg.synapse_blocks is not None or cfg.synapse_alpha != "learned":
+        raise MelFusionError(f"{where}: keep_synapse continues the init's synapse as it is: it needs "
+                             "conditioning = synapse and no synapse_blocks or synapse_alpha of its own")
+    if not old.config.layers:
+        raise MelFusionError(f"{where}: keep_synapse: the init model has no trained synapse to continue")
+    if old.config.global_dim and old.config.global_dim != global_dim:
+        raise MelFusionError(f"{where}: keep_synapse: the init's synapse has a global path; set synapse_global")
+    new = VisualSynapse(dataclasses.replace(old.config, global_dim=global_dim, enabled=True))
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or [m for m in missing if not m.startswith("global_proj.")]:
+        raise MelFusionError(f"{where}: keep_synapse: the init's synapse does not fit ({(unexpected or missing)[0]})")
+    return new
 
 
 def check_crop(cfg: TrainConfig, pipe) -> None:
