@@ -141,7 +141,7 @@ def main():
         if not args.no_bytecode:
             # Python caches a module's bytecode on its first import, unless PYTHONDONTWRITEBYTECODE
             # is set (it is on these machines: every start then recompiles melfusion's sources,
-            # 50-100 ms). bin/setup compiles them at install, as pip does for a wheel; both trees
+            # 50-100 ms). bin/setup compiles them, as pip does a wheel's at install; both trees
             # get the same here.
             for tree in trees.values():
                 subprocess.run([sys.executable, "-m", "compileall", "-q", str((tree or ROOT) / "melfusion")],
