@@ -73,15 +73,7 @@ def build_on_meta(factory):
 def assign_weights(module: torch.nn.Module, state: dict, what: str, dtype=torch.float32) -> torch.nn.Module:
     """Load `state` into a meta-built module by assignment: every parameter and persistent buffer
     must be in `state` with its shape, and nothing else may be (a mismatch is `Unsupported`)."""
-    expected = module.state_dict(keep_vars=True)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise Unsupported(f"{what}: weights do not match the lean module (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
-    for name, value in state.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
-            raise Unsupported(f"{what}: {name} has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)}")
+    _check_shapes(module, {k: tuple(v.shape) for k, v in state.items()}, what)
     module.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
                            assign=True, strict=True)
     # Non-persistent buffers built on meta (none are expected) would stay unallocated.
@@ -89,6 +81,20 @@ def assign_weights(module: torch.nn.Module, state: dict, what: str, dtype=torch.
         if buf.is_meta:
             raise Unsupported(f"{what}: buffer {name} has no value")
     return module.eval().requires_grad_(False)
+
+
+def _check_shapes(module: torch.nn.Module, shapes: dict[str, tuple], what: str) -> None:
+    """Every parameter and persistent buffer of `module` in `shapes` with its shape, and nothing
+    else (a mismatch is `Unsupported`)."""
+    expected = module.state_dict(keep_vars=True)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise Unsupported(f"{what}: weights do not match the lean module (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    for name, shape in shapes.items():
+        if shape != tuple(expected[name].shape):
+            raise Unsupported(f"{what}: {name} has shape {shape}, expected {tuple(expected[name].shape)}")
 
 
 def check_weights(module: torch.nn.Module, path: str | Path, what: str) -> None:
@@ -101,12 +107,7 @@ def check_weights(module: torch.nn.Module, path: str | Path, what: str) -> None:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - as read_safetensors: the library then says what is wrong
         raise Unsupported(f"cannot read {path}: {type(exc).__name__}") from None
-    expected = module.state_dict(keep_vars=True)
-    if set(shapes) != set(expected):
-        raise Unsupported(f"{what}: weights do not match the lean module")
-    for name, shape in shapes.items():
-        if shape != tuple(expected[name].shape):
-            raise Unsupported(f"{what}: {name} has shape {shape}, expected {tuple(expected[name].shape)}")
+    _check_shapes(module, shapes, what)
 
 
 def defer_weights(module: torch.nn.Module, path: str | Path, what: str) -> torch.nn.Module:
