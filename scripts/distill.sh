@@ -3,7 +3,8 @@
 # SynthMeL training records, then the student fitted to them, then the model folder with the
 # student beside the teacher. Every step resumes where it stopped: run this same command again.
 #   nohup nice scripts/distill.sh > runs/logs/distill.log 2>&1 &
-# CLIPS, VAL_CLIPS, STEPS, MODEL (default: the shipped default) and OUT override the defaults.
+# CLIPS, VAL_CLIPS, STEPS, SYNAPSE_LR (the synapse's own rate; the shipped student used 1e-3),
+# MODEL (default: the shipped default) and OUT override the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/link_state.sh
@@ -21,5 +22,5 @@ $py -m melfusion.training.distill collect "${model[@]}" --manifest $manifest --s
 $py -m melfusion.training.distill collect "${model[@]}" --manifest $manifest --split val --skip 96 \
   --clips "${VAL_CLIPS:-48}" --out "$out/teacher-val" --quiet
 $py -m melfusion.training.distill train "${model[@]}" --data "$out/teacher-train" --val "$out/teacher-val" \
-  --steps "${STEPS:-600}" --out "$out/run" --quiet
+  --steps "${STEPS:-600}" ${SYNAPSE_LR:+--synapse-lr "$SYNAPSE_LR"} --out "$out/run" --quiet
 $py -m melfusion.training.distill export "${model[@]}" --run "$out/run" --out "$out/model"
