@@ -3,7 +3,7 @@
 # default), runs/logs, and two helpers:
 #   need_snapshot STEP        the text-only pretrain's model at STEP ($snap), or a clear error
 #   judge DIR MANIFEST REPORT [generate-set options...]
-#                             96 validation clips of MANIFEST into DIR, then the SynthMeL judges
+#                             $N clips of MANIFEST's $SPLIT split (val by default) into DIR, then the SynthMeL judges
 #                             (REPORT-judges.json) and the listeners (REPORT-listeners.json);
 #                             skipped when REPORT-listeners.json is there (it resumes)
 set -euo pipefail
@@ -26,7 +26,8 @@ judge() {
   local dir=$1 manifest=$2 report=$3
   shift 3
   [ -f "$report-listeners.json" ] && return 0
-  $mf generate-set --manifest "$manifest" --split val --limit "$N" --out "$dir" "$@"
-  $mf evaluate --generated "$dir" --reference "$manifest" --split val --subset --out "$report-judges.json"
-  $py scripts/listen_set.py "$dir" --manifest "$manifest" --split val --out "$report-listeners.json"
+  local split=${SPLIT:-val}
+  $mf generate-set --manifest "$manifest" --split "$split" --limit "$N" --out "$dir" "$@"
+  $mf evaluate --generated "$dir" --reference "$manifest" --split "$split" --subset --out "$report-judges.json"
+  $py scripts/listen_set.py "$dir" --manifest "$manifest" --split "$split" --out "$report-listeners.json"
 }

@@ -20,8 +20,4 @@ student=$d/shipped
 [ -f runs/heldout/keep1500-student/report.json ] || \
   $py scripts/heldout_listen.py --model $student --out runs/heldout/keep1500-student
 out=runs/eval/keep1500-student-test300
-[ -f $out-judges.json ] || {
-  $mf generate-set --manifest $m --split test --limit 300 --model $student --out $out --quiet
-  $mf evaluate --generated $out --reference $m --split test --subset --out $out-judges.json
-}
-[ -f $out-listeners.json ] || $py scripts/listen_set.py $out --manifest $m --split test --out $out-listeners.json
+SPLIT=test N=300 judge $out $m $out --model $student --quiet
