@@ -61,7 +61,7 @@ def cmd_generate(args) -> int:
 
     from melfusion.audio.io import write_wav
     from melfusion.images import load_image
-    from melfusion.pipeline import check_duration, check_guided_steps, check_prompt
+    from melfusion.pipeline import check_duration, check_guided_steps, check_prompt, check_teacher_steps
 
     out = check_output(args.out, "--out")
     plain = check_output(args.without_image, "--without-image") if args.without_image else None
@@ -86,6 +86,8 @@ def cmd_generate(args) -> int:
     if args.seed < 0:
         raise MelFusionError("--seed must be a non-negative integer")
     check_guided_steps(args.guided_steps)
+    if args.teacher_steps is not None:
+        check_teacher_steps(args.teacher_steps)
     if args.key is not None:
         from melfusion.music.keys import parse_key
 
@@ -98,7 +100,7 @@ def cmd_generate(args) -> int:
                     guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
                     progress=not args.quiet, solver=args.solver, precision=args.precision, loudness_lufs=loudness,
                     key=args.key, guided_steps=args.guided_steps, key_guidance=on_off(args.key_guidance),
-                    distilled=on_off(args.distilled))
+                    distilled=on_off(args.distilled), teacher_steps=args.teacher_steps)
     n = args.variations
     for i in range(1, n + 1):
         seed = args.seed + i - 1
@@ -235,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distilled", default=None, choices=("on", "off"),
                    help="for a model with a guidance-distilled network: one pass a step in place of the guided "
                         "passes (default: wherever the guidance is the one it was distilled for)")
+    g.add_argument("--teacher-steps", type=int, default=None, metavar="N",
+                   help="where the distilled network runs: the first N steps through the network it was distilled "
+                        "from (its guided passes), the rest through it (default: the model's)")
     g.add_argument("--video", default=None, metavar="PATH.mp4", help="also write the image with the music as a video")
     g.add_argument("--spectrogram", default=None, metavar="PATH.png", help="also write a picture of the mel spectrogram")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary")

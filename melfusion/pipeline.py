@@ -136,12 +136,20 @@ class _quiet_diffusers:
             dlogging.set_verbosity(self.saved)
 
 
+def _check_count(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MelFusionError(f"{what} must be a whole number >= 0, got {value!r}")
+    return value
+
+
 def check_guided_steps(guided_steps) -> int | None:
     """`guided_steps`: None (every step guided) or a whole number >= 0."""
-    if guided_steps is not None and (isinstance(guided_steps, bool) or not isinstance(guided_steps, int)
-                                     or guided_steps < 0):
-        raise MelFusionError(f"guided steps must be a whole number >= 0, got {guided_steps!r}")
-    return guided_steps
+    return None if guided_steps is None else _check_count(guided_steps, "guided steps")
+
+
+def check_teacher_steps(teacher_steps) -> int:
+    """`teacher_steps`: a whole number >= 0."""
+    return _check_count(teacher_steps, "teacher steps")
 
 
 def check_duration(duration_s: float, limit: float = MAX_LONG_DURATION_S) -> float:
@@ -170,6 +178,13 @@ class _Guidance:
     key: torch.Tensor | None = None  # (n_pass * batch,) tonic labels, for a model that takes them
     guided_steps: int | None = None  # guidance on the first N steps only, the rest conditional (None: all)
     music: MusicLDM | None = None    # the network the passes run through (None: the pipeline's music UNet)
+    student: "_Guidance | None" = None  # the distilled network's one pass, for the steps after teacher_steps
+    teacher_steps: int = 0
+
+    def at_step(self, i: int) -> "_Guidance":
+        """What step `i` reads: these passes, or the distilled pass after the teacher's first
+        steps."""
+        return self if self.student is None or i < self.teacher_steps else self.student
 
     def last_pass(self) -> "_Guidance":
         """The fully conditioned pass alone (caption and picture, batch b): an unguided step."""
@@ -332,7 +347,8 @@ class MelFusionPipeline:
                  progress: bool = True, image_guidance_scale: float | None = None, solver: str | None = None,
                  precision: str | None = None, loudness_lufs: float | bool | None = None,
                  key=None, guided_steps: int | None = None, key_guidance: bool | None = None,
-                 distilled: bool | None = None, step_callback=None, output_type: str = "audio") -> MelFusionOutput:
+                 distilled: bool | None = None, teacher_steps: int | None = None, step_callback=None,
+                 output_type: str = "audio") -> MelFusionOutput:
         """`image`: a path, PIL image or pixel tensor (a list of them for a list of captions), or
         None for the music with the picture absent (the null image; `has_null_image` says whether
         the model has one): the same seed gives the same starting noise either way, so the two
@@ -358,6 +374,9 @@ class MelFusionPipeline:
         guidance, every step guided, the picture present) is the one it was distilled for; None
         (the default) uses it wherever that holds unless the model's defaults say
         `distilled: false`, True insists (an error where it does not hold), False never.
+        `teacher_steps`: where the distilled network runs, the first N steps take the guided
+        passes of the network it was distilled from, the rest its one pass (default: the model's
+        saved choice, else 0: the distilled pass throughout).
         `step_callback(i, t, model_input, output)`: called after each denoising step of a
         one-window piece with the scaled latent the network read (the conditional batch) and the
         guided output the solver took. `output_type`: "audio", or "latent" for the final audio
@@ -406,6 +425,7 @@ class MelFusionPipeline:
         if self.conditioning == "text" or image_guidance == guidance or no_image:
             image_guidance = None  # the same as plain guidance (or nothing to guide: no image is read)
         student = self._use_distilled(distilled, guidance, image_guidance, key_guidance, guided_steps, no_image)
+        teacher_steps = check_teacher_steps(d.get("teacher_steps", 0) if teacher_steps is None else teacher_steps)
         pixels = None
         if not no_image:
             images = [image] if single or not isinstance(image, (list, tuple)) else list(image)
@@ -449,28 +469,39 @@ class MelFusionPipeline:
         clock = time.perf_counter()
         b = len(prompts)
         guided = guidance != 1.0 or image_guidance is not None
-        if student:  # the distilled network's one pass stands for the guided passes
-            passes = [(text, mask, 1.0)]
-        elif image_guidance is not None:
-            passes = [(null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0), (text, mask, 0.0), (text, mask, 1.0)]
+        null = (null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0)
+        if image_guidance is not None:
+            teacher_passes = [null, (text, mask, 0.0), (text, mask, 1.0)]
         elif guided:
-            passes = [(null_text.expand(b, -1, -1), null_mask.expand(b, -1), 0.0), (text, mask, 1.0)]
+            teacher_passes = [null, (text, mask, 1.0)]
         else:
-            passes = [(text, mask, 1.0)]
-        n_pass = len(passes)
-        context = torch.cat([p[0] for p in passes])
-        context_mask = torch.cat([p[1] for p in passes])
-        present = torch.cat([torch.full((b,), p[2]) for p in passes])
-        if image_tokens is not None and self.conditioning in TOKENS_IN_CAPTION:
-            from melfusion.music.ldm import append_image_tokens
+            teacher_passes = [(text, mask, 1.0)]
 
-            context, context_mask = append_image_tokens(context, context_mask, image_tokens.repeat(n_pass, 1, 1),
-                                                        present)
-        cond = _Guidance(context, context_mask, present, n_pass, trajectory, image_kv, guidance, image_guidance, bf16,
-                         None if key_labels is None else torch.tensor(
-                             ([NO_KEY] * b if key_guidance and n_pass > 1 else key_labels)
-                             + key_labels * (n_pass - 1), dtype=torch.long),
-                         guided_steps if n_pass > 1 else None, self.distilled if student else None)
+        def guidance_for(passes, music=None):
+            n_pass = len(passes)
+            context = torch.cat([p[0] for p in passes])
+            context_mask = torch.cat([p[1] for p in passes])
+            present = torch.cat([torch.full((b,), p[2]) for p in passes])
+            if image_tokens is not None and self.conditioning in TOKENS_IN_CAPTION:
+                from melfusion.music.ldm import append_image_tokens
+
+                context, context_mask = append_image_tokens(context, context_mask,
+                                                            image_tokens.repeat(n_pass, 1, 1), present)
+            return _Guidance(context, context_mask, present, n_pass, trajectory, image_kv, guidance, image_guidance,
+                             bf16, None if key_labels is None else torch.tensor(
+                                 ([NO_KEY] * b if key_guidance and n_pass > 1 else key_labels)
+                                 + key_labels * (n_pass - 1), dtype=torch.long),
+                             guided_steps if n_pass > 1 else None, music)
+
+        # The distilled network's one pass stands for the guided passes (after the teacher's
+        # first `teacher_steps`, where those are asked for).
+        if student and teacher_steps > 0:
+            cond = guidance_for(teacher_passes)
+            cond.student, cond.teacher_steps = guidance_for([(text, mask, 1.0)], self.distilled), teacher_steps
+        elif student:
+            cond = guidance_for([(text, mask, 1.0)], self.distilled)
+        else:
+            cond = guidance_for(teacher_passes)
 
         # 4. Denoise from noise in the audio latent space (5. decode and vocode).
         if not long_piece:
@@ -586,7 +617,7 @@ class MelFusionPipeline:
             latents = held.apply(latents, level_at_start(scheduler))
         unguided = cond.last_pass() if cond.guided_steps is not None else None
         for i, t in enumerate(scheduler.timesteps):
-            step = cond if unguided is None or i < cond.guided_steps else unguided
+            step = cond.at_step(i) if unguided is None or i < cond.guided_steps else unguided
             n_pass = step.n_pass
             kv = self.image_features(step.trajectory, int(t)) if step.trajectory is not None else step.image_kv
             if n_pass > 1 and kv is not None:

@@ -76,6 +76,34 @@ def test_the_student_runs_one_pass_a_step_only_where_its_guidance_applies(tiny_p
         _compose(tiny_pipe, example_image, distilled=True)
 
 
+def test_teacher_steps_run_the_teachers_passes_first_then_the_student(tiny_pipe, example_image):
+    student_net = copy.deepcopy(tiny_pipe.music)
+    with torch.no_grad():
+        for p in student_net.unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    pipe = _with_student(tiny_pipe, student_net)
+    student, teacher = _Counter(pipe.distilled), _Counter(copy.copy(tiny_pipe.music))
+    pipe.music = teacher._predict.__self__
+    try:
+        one = _compose(pipe, example_image, teacher_steps=1)
+        assert (student.calls, teacher.calls) == (2, 1) and teacher.batches == [3] and student.batches == [1, 1]
+        pipe.defaults["teacher_steps"] = 2  # the model's saved choice
+        _compose(pipe, example_image)
+        assert (student.calls, teacher.calls) == (3, 3)
+    finally:
+        del pipe.distilled.predict
+        del pipe.music.predict
+    pipe.defaults.pop("teacher_steps")
+    # Every step the teacher's: the guided teacher exactly; none: the student alone.
+    full = _compose(pipe, example_image, teacher_steps=3).audio
+    assert torch.equal(torch.as_tensor(full), torch.as_tensor(_compose(pipe, example_image, distilled=False).audio))
+    alone = _compose(pipe, example_image, teacher_steps=0).audio
+    assert float(abs(torch.as_tensor(one.audio) - torch.as_tensor(alone)).max()) > 1e-4
+    assert float(abs(torch.as_tensor(one.audio) - torch.as_tensor(full)).max()) > 1e-4
+    with pytest.raises(MelFusionError, match="teacher steps must be a whole number"):
+        _compose(pipe, example_image, teacher_steps=-1)
+
+
 def test_a_saved_student_loads_back_on_both_runtimes(tiny_pipe, example_image, tmp_path):
     from melfusion.pipeline import MelFusionPipeline
 

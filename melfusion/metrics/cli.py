@@ -106,7 +106,7 @@ def _generate_set(args) -> int:
     from melfusion.music.keys import key_name, record_tonic
     from melfusion.images import load_image
     from melfusion.metrics.evaluate import load_reference
-    from melfusion.pipeline import check_duration, check_guided_steps, check_prompt
+    from melfusion.pipeline import check_duration, check_guided_steps, check_prompt, check_teacher_steps
 
     if args.seed < 0:
         raise MelFusionError("--seed must be a non-negative integer")
@@ -139,8 +139,11 @@ def _generate_set(args) -> int:
                                        ("vocoder_iters", args.vocoder_iters), ("guided_steps", args.guided_steps),
                                        ("keys", None if args.keys == "seed" else args.keys),
                                        ("key_guidance", args.key_guidance),
-                                       ("distilled", args.distilled)) if v is not None})
+                                       ("distilled", args.distilled), ("teacher_steps", args.teacher_steps))
+                     if v is not None})
     check_guided_steps(args.guided_steps)
+    if args.teacher_steps is not None:
+        check_teacher_steps(args.teacher_steps)
     if args.vocoder_iters is not None and args.vocoder_iters < 1:
         raise MelFusionError("--vocoder-iters must be at least 1")
     _check_settings(out, settings)
@@ -173,7 +176,8 @@ def _generate_set(args) -> int:
                       solver=args.solver, precision=args.precision, guided_steps=args.guided_steps,
                       key=[key_name(record_tonic(e.record, with_mode=pipe.music.takes_mode)) for e in batch]
                       if args.keys == "record" else None,
-                      key_guidance=on_off(args.key_guidance), distilled=on_off(args.distilled))
+                      key_guidance=on_off(args.key_guidance), distilled=on_off(args.distilled),
+                      teacher_steps=args.teacher_steps)
         for e, audio in zip(batch, result.audio):
             write_wav(out / f"{e.id}.wav", audio, result.sample_rate)  # atomic: a crash leaves no partial file
         if result.keys:
@@ -236,6 +240,9 @@ def add_eval_commands(sub) -> None:
                    help="for a model with key conditioning: the unconditional pass drops the key (default: the model's)")
     g.add_argument("--distilled", default=None, choices=("on", "off"),
                    help="for a model with a guidance-distilled network: use it (default: where it applies)")
+    g.add_argument("--teacher-steps", type=int, default=None, metavar="N",
+                   help="with the distilled network: its teacher's guided passes on the first N steps (default: the "
+                        "model's)")
     g.add_argument("--shard", default=None, metavar="K/N",
                    help="make only every N-th record from the K-th (run N processes, K = 0..N-1, on one folder)")
     g.add_argument("--quiet", action="store_true")
