@@ -1,7 +1,7 @@
 """Ship a trained model as the package's default: weights in float16 safetensors, 80 MB at most.
 
     .venv/bin/python scripts/export_default.py runs/small/music/model [--out melfusion/assets/default]
-        [--image-guidance G] [--guided-steps N]
+        [--image-guidance G] [--guided-steps N] [--teacher-steps N]
 
 `--image-guidance` stores a default image guidance scale with the model (generate's
 `--image-guidance`, one more UNet pass per step); without it the model's own defaults are kept.
@@ -27,6 +27,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).parents[1] / "melfusion" / "assets" / "default"))
     ap.add_argument("--image-guidance", type=float, default=None, help="default image guidance scale to store")
     ap.add_argument("--guided-steps", type=int, default=None, help="default guided steps to store (generate's --guided-steps)")
+    ap.add_argument("--teacher-steps", type=int, default=None,
+                    help="default teacher steps to store (generate's --teacher-steps)")
     args = ap.parse_args()
     from melfusion.pipeline import MelFusionPipeline
 
@@ -35,6 +37,8 @@ def main() -> int:
         pipe.defaults["image_guidance_scale"] = args.image_guidance
     if args.guided_steps is not None:
         pipe.defaults["guided_steps"] = args.guided_steps
+    if args.teacher_steps is not None:
+        pipe.defaults["teacher_steps"] = args.teacher_steps
     out = pipe.save_pretrained(args.out)
     for f in out.rglob("*.safetensors"):
         tensors = load_file(str(f))

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 KNOWN = ("num_inference_steps", "guidance_scale", "image_guidance_scale", "duration_s", "solver", "precision",
-         "guided_steps", "key_guidance", "loudness_lufs")
+         "guided_steps", "key_guidance", "loudness_lufs", "distilled", "teacher_steps")
 
 
 def main(argv: list[str]) -> int:

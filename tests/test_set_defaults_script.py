@@ -17,6 +17,7 @@ def test_defaults_are_stored_checked_and_removed(tiny_pipe, tmp_path, capsys):
     assert d["guided_steps"] == 2 and d["image_guidance_scale"] == 4.5
     stored = index.read_text()
     for bad, said in (("solver=\"nope\"", "unknown solver"), ("guided_steps=-1", "guided steps"),
+                      ("teacher_steps=-1", "teacher steps"),
                       ("key_guidance=true", "takes a key"), ("steps=3", "NAME one of"), ("solver=ddim", "JSON")):
         assert set_defaults.main([str(folder), bad]) == 2
         assert said in capsys.readouterr().err
