@@ -153,8 +153,11 @@ def test_beside_the_distilled_network_the_teacher_is_read_only_when_a_call_needs
     lean = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, lean=True)
     lib = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)
     assert lean.has_distilled and lean.music.unet.weights_deferred()
-    _music(lean, precision="fp32")  # the defaults: the distilled network's pass only
+    _music(lean, precision="fp32", teacher_steps=0)  # the distilled network's pass only
     assert lean.music.unet.weights_deferred()
+    _music(lean, precision="fp32", num_inference_steps=2)  # the defaults: the teacher's first step(s)
+    assert not lean.music.unet.weights_deferred()
+    lean = MelFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, lean=True)
     a, b = _music(lean, precision="fp32", distilled=False), _music(lib, precision="fp32", distilled=False)
     assert not lean.music.unet.weights_deferred()
     assert np.abs(a).max() > 0.05 and np.abs(a - b).max() < 1e-4
