@@ -86,8 +86,7 @@ def cmd_generate(args) -> int:
     if args.seed < 0:
         raise MelFusionError("--seed must be a non-negative integer")
     check_guided_steps(args.guided_steps)
-    if args.teacher_steps is not None:
-        check_teacher_steps(args.teacher_steps)
+    check_teacher_steps(args.teacher_steps)
     if args.key is not None:
         from melfusion.music.keys import parse_key
 

@@ -147,9 +147,9 @@ def check_guided_steps(guided_steps) -> int | None:
     return None if guided_steps is None else _check_count(guided_steps, "guided steps")
 
 
-def check_teacher_steps(teacher_steps) -> int:
-    """`teacher_steps`: a whole number >= 0."""
-    return _check_count(teacher_steps, "teacher steps")
+def check_teacher_steps(teacher_steps) -> int | None:
+    """`teacher_steps`: None (the model's choice) or a whole number >= 0."""
+    return None if teacher_steps is None else _check_count(teacher_steps, "teacher steps")
 
 
 def check_duration(duration_s: float, limit: float = MAX_LONG_DURATION_S) -> float:
@@ -425,7 +425,8 @@ class MelFusionPipeline:
         if self.conditioning == "text" or image_guidance == guidance or no_image:
             image_guidance = None  # the same as plain guidance (or nothing to guide: no image is read)
         student = self._use_distilled(distilled, guidance, image_guidance, key_guidance, guided_steps, no_image)
-        teacher_steps = check_teacher_steps(d.get("teacher_steps", 0) if teacher_steps is None else teacher_steps)
+        teacher_steps = _check_count(d.get("teacher_steps", 0) if teacher_steps is None else teacher_steps,
+                                     "teacher steps")
         pixels = None
         if not no_image:
             images = [image] if single or not isinstance(image, (list, tuple)) else list(image)
@@ -495,13 +496,12 @@ class MelFusionPipeline:
 
         # The distilled network's one pass stands for the guided passes (after the teacher's
         # first `teacher_steps`, where those are asked for).
-        if student and teacher_steps > 0:
-            cond = guidance_for(teacher_passes)
-            cond.student, cond.teacher_steps = guidance_for([(text, mask, 1.0)], self.distilled), teacher_steps
-        elif student:
-            cond = guidance_for([(text, mask, 1.0)], self.distilled)
+        one_pass = guidance_for([(text, mask, 1.0)], self.distilled) if student else None
+        if one_pass is not None and teacher_steps == 0:
+            cond = one_pass
         else:
             cond = guidance_for(teacher_passes)
+            cond.student, cond.teacher_steps = one_pass, teacher_steps
 
         # 4. Denoise from noise in the audio latent space (5. decode and vocode).
         if not long_piece:

@@ -142,8 +142,7 @@ def _generate_set(args) -> int:
                                        ("distilled", args.distilled), ("teacher_steps", args.teacher_steps))
                      if v is not None})
     check_guided_steps(args.guided_steps)
-    if args.teacher_steps is not None:
-        check_teacher_steps(args.teacher_steps)
+    check_teacher_steps(args.teacher_steps)
     if args.vocoder_iters is not None and args.vocoder_iters < 1:
         raise MelFusionError("--vocoder-iters must be at least 1")
     _check_settings(out, settings)
